@@ -1,0 +1,37 @@
+"""hf-layerwise: layer-wise learning rates, freezing and gradual unfreezing for Hugging Face encoders.
+
+Example:
+    >>> from hf_layerwise import LayerwiseConfig, create_optimizer
+    >>> optimizer = create_optimizer(model, LayerwiseConfig.preset("top3x5"), lr=2e-5)   # doctest: +SKIP
+"""
+
+from .callbacks import LayerwiseCallback, LayerwiseTrainer, LayerwiseTrainerMixin, check_training_setup
+from .config import PRESETS, LayerwiseConfig
+from .freezing import GradualUnfreezer, freeze, set_stage, unfreeze
+from .layers import LayerMap, UnsupportedModelError, discover_layers, layer_map
+from .optimizer import create_optimizer, no_weight_decay_names, param_groups
+from .stats import DepthGradNorms, lr_by_depth
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "DepthGradNorms",
+    "GradualUnfreezer",
+    "LayerMap",
+    "LayerwiseCallback",
+    "LayerwiseConfig",
+    "LayerwiseTrainer",
+    "LayerwiseTrainerMixin",
+    "UnsupportedModelError",
+    "check_training_setup",
+    "create_optimizer",
+    "discover_layers",
+    "freeze",
+    "layer_map",
+    "lr_by_depth",
+    "no_weight_decay_names",
+    "param_groups",
+    "set_stage",
+    "unfreeze",
+]

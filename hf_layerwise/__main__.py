@@ -1,0 +1,87 @@
+"""Command line: ``python -m hf_layerwise describe MODEL [--preset NAME | --freeze-below N --top-k K ...]``.
+
+Prints, per depth: the module paths, trainable parameters, LR multiplier, weight decay and
+whether it is frozen. MODEL is a local model folder or a hub name (offline, a local folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from torch import nn
+from transformers import HfArgumentParser
+
+from .config import LayerwiseArguments, LayerwiseConfig
+from .layers import discover_layers
+from .optimizer import no_weight_decay_names
+
+
+def describe_table(model: nn.Module, cfg: LayerwiseConfig) -> str:
+    """The per-depth table that ``describe`` prints.
+
+    Example:
+        >>> print(describe_table(model, LayerwiseConfig.preset("top3x5")))   # doctest: +SKIP
+    """
+    layers = discover_layers(model)
+    cfg.validate_for(layers.num_layers)
+    no_decay = no_weight_decay_names(model)
+    L = layers.num_layers
+    rows = [("depth", "modules", "params", "lr x", "weight decay", "frozen")]
+    total = trainable = 0
+    for depth, paths in layers.modules.items():
+        names = [n for n, d in layers.depths.items() if d == depth]
+        params = dict(model.named_parameters())
+        count = sum(params[n].numel() for n in names)
+        decayed = sum(params[n].numel() for n in names if n not in no_decay)
+        total += count
+        if not cfg.is_trainable(depth, L):
+            frozen, lr, wd = "yes", "-", "-"
+        else:
+            trainable += count
+            stage = cfg.unfreeze_stage(depth, L)
+            frozen = f"until stage {stage}" if stage else "no"
+            lr = f"{cfg.lr_multiplier(depth, L):.4g}"
+            wd = f"{cfg.weight_decay:g} on {decayed:,}" if cfg.weight_decay else "0"
+        shown = paths if len(paths) <= 2 else [paths[0], f"... +{len(paths) - 1} more"]
+        label = {0: "0 (embeddings)", L + 1: f"{L + 1} (head)"}.get(depth, str(depth))
+        rows.append((label, ", ".join(shown), f"{count:,}", lr, wd, frozen))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"\n{type(model).__name__}: {L} blocks in {layers.block_path}; "
+                 f"trainable {trainable:,} of {total:,} parameters")
+    return "\n".join(lines)
+
+
+def _load(model_name: str, num_labels: int) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=num_labels)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="python -m hf_layerwise", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    describe = sub.add_parser("describe", help="show the depth table of a model under a layer-wise config")
+    describe.add_argument("model", help="local model folder or hub name")
+    describe.add_argument("--num-labels", type=int, default=2)
+    if not argv or argv[0] not in ("describe",):
+        top.parse_args(argv)  # prints usage / error
+        return 2
+    known, rest = describe.parse_known_args(argv[1:])
+    (layerwise,) = HfArgumentParser(LayerwiseArguments).parse_args_into_dataclasses(rest)
+    try:
+        cfg = layerwise.to_config()
+        print(describe_table(_load(known.model, known.num_labels), cfg))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

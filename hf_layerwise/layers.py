@@ -1,0 +1,232 @@
+"""Layer discovery: which encoder depth each parameter of a model belongs to.
+
+Depth is defined once for the whole package:
+
+* ``0`` — the embeddings, and whatever the encoder shares across all its blocks
+  (relative-position embeddings of DeBERTa/MPNet, ELECTRA's embedding projection);
+* ``1..L`` — the encoder blocks, bottom to top;
+* ``L+1`` — everything after the encoder: pooler, final norm, classification head.
+
+The blocks are found from the module tree and the model config (the ``nn.ModuleList``
+of ``config.num_hidden_layers`` identical blocks), not from one model's parameter names,
+so BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, DeBERTa-v2, MPNet and ModernBERT
+all work without a per-architecture table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["LayerMap", "UnsupportedModelError", "discover_layers", "layer_map"]
+
+# Wrapper modules (DDP, FSDP, activation checkpointing, torch.compile) add these
+# components to parameter names; they carry no meaning for depth.
+_WRAPPER_COMPONENTS = {"module", "_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"}
+_NUM_LAYER_ATTRS = ("num_hidden_layers", "n_layers", "num_layers", "n_layer")
+
+
+class UnsupportedModelError(ValueError):
+    """The model's encoder blocks could not be found, or layer-wise rates do not apply to it."""
+
+
+@dataclass(frozen=True)
+class LayerMap:
+    """Result of :func:`discover_layers`.
+
+    Attributes:
+        num_layers: ``L``, the number of encoder blocks.
+        block_path: dotted path of the ``nn.ModuleList`` holding the blocks.
+        depths: parameter name (as in ``model.named_parameters()``) -> depth in ``0..L+1``.
+        modules: depth -> the module paths that hold that depth's parameters (for display).
+    """
+
+    num_layers: int
+    block_path: str
+    depths: dict[str, int]
+    modules: dict[int, list[str]]
+
+    @property
+    def head_depth(self) -> int:
+        return self.num_layers + 1
+
+
+def strip_wrappers(name: str) -> str:
+    """``module._fsdp_wrapped_module.bert.encoder`` -> ``bert.encoder``."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_COMPONENTS)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        else:
+            return model
+
+
+def _num_layers_from_config(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    for attr in _NUM_LAYER_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _module_lists(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0:
+            found.append((strip_wrappers(name), module))
+    return found
+
+
+def _is_block_list(module: nn.Module) -> bool:
+    children = list(module.children())
+    has_params = any(True for _ in module.parameters())
+    return has_params and isinstance(module, nn.ModuleList) and len({type(c) for c in children}) == 1
+
+
+def _describe_lists(model: nn.Module, lists: list[tuple[str, nn.Module]]) -> str:
+    if not lists:
+        top = ", ".join(f"{n} ({type(m).__name__})" for n, m in model.named_children()) or "no submodules"
+        return f"none (top-level modules: {top})"
+    return ", ".join(
+        f"{name or '<root>'} ({type(m).__name__} of {len(m)} x {type(next(iter(m.children()))).__name__})"
+        for name, m in lists
+    )
+
+
+def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    lists = _module_lists(model)
+    candidates = [(n, m) for n, m in lists if _is_block_list(m)]
+    expected = _num_layers_from_config(model)
+    config = getattr(model, "config", None)
+    if expected is not None:
+        matching = [(n, m) for n, m in candidates if len(m) == expected]
+        if not matching and (getattr(config, "num_hidden_groups", None) is not None or config.model_type == "albert"):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} shares its encoder weights across all {expected} layers (ALBERT-style "
+                f"parameter sharing: {getattr(config, 'num_hidden_groups', 1)} block group(s) reused "
+                f"{expected} times), so there is no separate block per depth to freeze or give its own learning "
+                "rate. Layer-wise rates do not apply: fine-tune it with one learning rate (preset 'baseline')."
+            )
+        candidates = matching
+    if not candidates:
+        wanted = f" of {expected} identical blocks (config says {expected} layers)" if expected else ""
+        raise UnsupportedModelError(
+            f"Could not find the encoder blocks of {type(model).__name__}: looked for an nn.ModuleList{wanted}. "
+            f"Module lists found: {_describe_lists(model, lists)}. "
+            "hf_layerwise supports encoder models whose blocks sit in one nn.ModuleList (BERT, RoBERTa, "
+            "DistilBERT, ELECTRA, DeBERTa-v2, MPNet, ModernBERT, ...)."
+        )
+    # Several lists of the right length (e.g. an encoder-decoder): take the one holding the most weights.
+    name, blocks = max(candidates, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    return name, blocks
+
+
+def _common_prefix(a: str, b: str) -> str:
+    parts = []
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        parts.append(x)
+    return ".".join(parts)
+
+
+def _input_embedding_path(model: nn.Module) -> str | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = None
+    if callable(getter):
+        try:
+            embedding = getter()
+        except (NotImplementedError, AttributeError):
+            embedding = None
+    if embedding is None:  # not a transformers model: the largest embedding table
+        tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+        embedding = max(tables, key=lambda m: m.weight.numel()) if tables else None
+    for name, module in model.named_modules():
+        if module is embedding:
+            return strip_wrappers(name)
+    return None
+
+
+def _within(path: str, prefix: str) -> bool:
+    return prefix == "" or path == prefix or path.startswith(prefix + ".")
+
+
+def discover_layers(model: nn.Module) -> LayerMap:
+    """Find the encoder blocks of ``model`` and give every parameter its depth.
+
+    Rules, applied in order to each parameter outside the blocks:
+
+    1. inside block ``i`` (0-based) -> depth ``i + 1``;
+    2. outside the backbone (the smallest module holding both the input embeddings and the
+       blocks), e.g. the classification head -> ``L + 1``;
+    3. an embedding (``nn.Embedding`` or a module path with ``embed`` in it) -> ``0``;
+    4. inside the module that holds the block list, when that is not the backbone itself
+       (state the encoder shares across blocks, e.g. DeBERTa's ``encoder.LayerNorm``) -> ``0``;
+    5. anything else in the backbone (pooler, final norm) -> ``L + 1``.
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> model = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=4,
+        ...     num_attention_heads=2, intermediate_size=64))
+        >>> lm = discover_layers(model)
+        >>> lm.num_layers, lm.depths["bert.encoder.layer.3.output.dense.weight"], lm.depths["classifier.bias"]
+        (4, 4, 5)
+
+    Raises:
+        UnsupportedModelError: no block list was found (the message lists the module lists that
+            were), or the model shares one block across layers (ALBERT).
+    """
+    root = _unwrap(model)
+    block_path, blocks = _find_blocks(root)
+    num_layers = len(blocks)
+    container = block_path.rsplit(".", 1)[0] if "." in block_path else ""
+    embed_path = _input_embedding_path(root)
+    backbone = _common_prefix(block_path, embed_path) if embed_path is not None else container
+
+    block_of: dict[int, int] = {}
+    for index, block in enumerate(blocks):
+        for param in block.parameters():
+            block_of[id(param)] = index + 1
+    embedding_params = {id(p) for m in root.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+
+    depths: dict[str, int] = {}
+    modules: dict[int, list[str]] = {}
+    for raw_name, param in model.named_parameters():
+        name = strip_wrappers(raw_name)
+        module_path = name.rsplit(".", 1)[0] if "." in name else ""
+        if id(param) in block_of:
+            depth = block_of[id(param)]
+            module_path = f"{block_path}.{depth - 1}"
+        elif not _within(name, backbone):
+            depth = num_layers + 1
+        elif id(param) in embedding_params or "embed" in module_path.lower():
+            depth = 0
+        elif container != backbone and _within(name, container):
+            depth = 0
+        else:
+            depth = num_layers + 1
+        depths[raw_name] = depth
+        paths = modules.setdefault(depth, [])
+        if module_path not in paths:
+            paths.append(module_path)
+    return LayerMap(num_layers=num_layers, block_path=block_path, depths=depths, modules=dict(sorted(modules.items())))
+
+
+def layer_map(model: nn.Module) -> dict[str, int]:
+    """Map every parameter name (as in ``model.named_parameters()``) to its depth.
+
+    Depth 0 is the embeddings, ``1..L`` the encoder blocks bottom to top, ``L+1`` the
+    pooler and head. See :func:`discover_layers` for the rules.
+
+    Example:
+        >>> depths = layer_map(model)          # doctest: +SKIP
+        >>> depths["bert.embeddings.word_embeddings.weight"]
+        0
+    """
+    return discover_layers(model).depths

@@ -1,0 +1,150 @@
+"""The layer-wise AdamW factory: one walk over the named parameters, named groups out."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LayerwiseConfig
+from .freezing import set_stage
+from .layers import LayerMap, discover_layers
+
+__all__ = ["param_groups", "create_optimizer", "no_weight_decay_names", "group_name"]
+
+# Last component of a module path that names a normalization layer: LayerNorm, layer_norm,
+# rms_norm, norm, final_norm, norm1, ln_1, ln_f, ...
+_NORM_NAME = re.compile(r"^(.*layer_?norm|.*rms_?norm|norm\d*|.*_norm\d*|ln(_\w+)?)$", re.I)
+
+
+def _is_norm_module(module: nn.Module) -> bool:
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        return True
+    rms = getattr(nn, "RMSNorm", None)
+    if rms is not None and isinstance(module, rms):
+        return True
+    # LlamaRMSNorm, T5LayerNorm, DebertaLayerNorm, ...: not nn.LayerNorm subclasses, named like one.
+    cls = type(module).__name__.lower()
+    return cls.endswith("norm") or "layernorm" in cls or "rmsnorm" in cls
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that get no weight decay: biases and normalization weights.
+
+    Normalization layers are found by module type (``nn.LayerNorm``, ``nn.RMSNorm`` and any
+    ``*Norm`` class such as ``LlamaRMSNorm``) and, as a fallback, by name (``LayerNorm``,
+    ``layer_norm``, ``norm``, ``ln_1``...), so it works whatever a model calls its norms.
+
+    Example:
+        >>> sorted(no_weight_decay_names(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))))
+        ['0.bias', '1.bias', '1.weight']
+    """
+    names = set()
+    for module_name, module in model.named_modules():
+        is_norm = _is_norm_module(module) or bool(_NORM_NAME.match(module_name.rsplit(".", 1)[-1]))
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if is_norm or param_name == "bias" or param_name.endswith("_bias"):
+                names.add(full)
+    return names
+
+
+def _depth_label(depths: list[int]) -> str:
+    """[0, 1, 2, 3, 7] -> 'depth0-3,7'."""
+    runs: list[list[int]] = []
+    for d in sorted(depths):
+        if runs and d == runs[-1][-1] + 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    return "depth" + ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+def group_name(depths: list[int], decay: bool) -> str:
+    return f"{_depth_label(depths)}.{'decay' if decay else 'no_decay'}"
+
+
+def param_groups(
+    model: nn.Module,
+    cfg: LayerwiseConfig,
+    lr: float,
+    layers: LayerMap | None = None,
+) -> list[dict[str, Any]]:
+    """The AdamW parameter groups that :func:`create_optimizer` uses.
+
+    Walks ``model.named_parameters()`` once. A parameter joins the optimizer when it trains at
+    some point of the run (statically frozen ones are left out, so they hold no optimizer
+    state); parameters with the same LR multiplier, weight decay and unfreezing stage share a
+    group. Each group carries ``name`` (e.g. ``depth7.decay``), ``depths``, ``lr_scale`` (its LR
+    divided by ``lr``) and ``unfreeze_stage``.
+
+    Example:
+        >>> groups = param_groups(model, LayerwiseConfig.preset("top3x5"), lr=2e-5)   # doctest: +SKIP
+        >>> [(g["name"], g["lr"]) for g in groups]
+        [('depth0-3,7.decay', 2e-05), ('depth0-3,7.no_decay', 2e-05), ('depth4-6.decay', 0.0001), ...]
+
+    Raises:
+        ValueError: ``lr`` is not positive, ``cfg`` does not fit the model (``top_k`` or
+            ``freeze_below`` larger than the number of blocks), or nothing would train.
+    """
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r}: the base learning rate must be > 0")
+    layers = layers or discover_layers(model)
+    num_layers = layers.num_layers
+    cfg.validate_for(num_layers)
+    no_decay = no_weight_decay_names(model)
+
+    groups: dict[tuple[float, bool, int], dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        depth = layers.depths[name]
+        if not cfg.is_trainable(depth, num_layers):
+            continue
+        scale = cfg.lr_multiplier(depth, num_layers)
+        decay = name not in no_decay and cfg.weight_decay > 0
+        stage = cfg.unfreeze_stage(depth, num_layers)
+        group = groups.setdefault(
+            (scale, decay, stage),
+            {"params": [], "lr": lr * scale, "weight_decay": cfg.weight_decay if decay else 0.0,
+             "lr_scale": scale, "depths": [], "unfreeze_stage": stage, "decay": decay},
+        )
+        group["params"].append(param)
+        if depth not in group["depths"]:
+            group["depths"].append(depth)
+    if not groups:
+        raise ValueError(
+            f"LayerwiseConfig freezes every parameter of {type(model).__name__} (freeze_below="
+            f"{cfg.frozen_below(num_layers)} of {num_layers} blocks and no parameters after the encoder): "
+            "nothing would train; lower freeze_below"
+        )
+    ordered = sorted(groups.values(), key=lambda g: (min(g["depths"]), not g["decay"]))
+    for group in ordered:
+        group["depths"].sort()
+        group["name"] = group_name(group["depths"], group.pop("decay"))
+    return ordered
+
+
+def create_optimizer(
+    model: nn.Module,
+    cfg: LayerwiseConfig,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    **adamw_kwargs: Any,
+) -> torch.optim.AdamW:
+    """A ready ``torch.optim.AdamW`` with layer-wise groups; also freezes what ``cfg`` freezes at the start.
+
+    Frozen parameters get ``requires_grad=False`` (so backward stops at the first trainable
+    block). With gradual unfreezing, the groups of later stages are already in the optimizer and
+    simply receive no gradient until :class:`~hf_layerwise.GradualUnfreezer` unfreezes them.
+
+    Example:
+        >>> opt = create_optimizer(model, LayerwiseConfig(freeze_below=3), lr=2e-5)   # doctest: +SKIP
+        >>> opt.param_groups[0]["name"]
+        'depth4.decay'
+    """
+    layers = discover_layers(model)
+    groups = param_groups(model, cfg, lr, layers=layers)
+    set_stage(model, cfg, layers, stage=0)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs)
