@@ -1,0 +1,89 @@
+"""Generated GLUE-format files (every official layout) and a tiny BERT + tokenizer folder, for fast tests."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+import transformers as T
+
+WORDS = ["good", "bad", "movie", "plot", "the", "a", "is", "was", "not", "very", "man", "dog", "runs", "eats",
+         "red", "blue", "car", "house", "big", "small", "yes", "no", "cat", "sees"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_model_dir(path: str, seed: int = 0, layers: int = 4, dropout: float = 0.1) -> str:
+    """A tiny random BERT encoder (no head, like all-MiniLM-L6-v2) with a WordPiece tokenizer, saved to ``path``."""
+    os.makedirs(path, exist_ok=True)
+    vocab = os.path.join(path, "vocab.txt")
+    with open(vocab, "w") as f:
+        f.write("\n".join(SPECIAL + WORDS + ['"', ".", ","]) + "\n")
+    T.BertTokenizerFast(vocab_file=vocab).save_pretrained(path)
+    torch.manual_seed(seed)
+    config = T.BertConfig(vocab_size=len(SPECIAL) + len(WORDS) + 3, hidden_size=32, num_hidden_layers=layers,
+                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    T.BertModel(config).save_pretrained(path)
+    return path
+
+
+def _sentence(rng: random.Random, marker: str | None = None) -> str:
+    words = [rng.choice(WORDS[2:]) for _ in range(rng.randint(3, 9))]
+    if marker:
+        words.insert(rng.randrange(len(words)), marker)
+    return " ".join(words) + " ."
+
+
+def _rows(task: str, n: int, rng: random.Random) -> tuple[list[str] | None, list[list[str]]]:
+    """Header and rows of one file in the task's official layout; the label is learnable from the words."""
+    rows = []
+    for i in range(n):
+        y = rng.randint(0, 1)
+        s1, s2 = _sentence(rng, "good" if y else "bad"), _sentence(rng)
+        if task == "cola":
+            rows.append(["gj04", str(y), "" if y else "*", s1])
+        elif task == "sst2":
+            rows.append([s1, str(y)])
+        elif task == "mrpc":
+            rows.append([str(y), str(1000 + i), str(2000 + i), s1, '" ' + s2])  # stray quote, as in the real files
+        elif task == "stsb":
+            rows.append([str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", s1, s2,
+                         f"{(5.0 if y else 0.0) + rng.random():.3f}"])
+        elif task == "qqp":
+            rows.append([str(i), str(2 * i), str(2 * i + 1), s1, s2, str(y)])
+        elif task == "mnli":
+            label = ["entailment", "neutral", "contradiction"][y * 2 if rng.random() < 0.8 else 1]
+            rows.append([str(i), str(i), f"{i}e", "fiction", "(x)", "(y)", "(X)", "(Y)", s1, s2, label, label])
+        elif task in ("qnli", "rte"):
+            rows.append([str(i), '"' + s1 if task == "rte" else s1, s2, ["not_entailment", "entailment"][y]])
+        elif task == "wnli":
+            rows.append([str(i), s1, s2, str(y)])
+    headers = {
+        "cola": None, "sst2": ["sentence", "label"], "mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+        "stsb": ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+                 "score"],
+        "qqp": ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+        "mnli": ["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+                 "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
+        "qnli": ["index", "question", "sentence", "label"], "rte": ["index", "sentence1", "sentence2", "label"],
+        "wnli": ["index", "sentence1", "sentence2", "label"],
+    }
+    return headers[task], rows
+
+
+def write_glue_task(root: str, task: str, n_train: int = 64, n_dev: int = 24, seed: int = 0) -> str:
+    """Write ``root/<DIR>/train.tsv`` and the dev file(s) of ``task`` in its official layout; return the folder."""
+    from hf_layerwise.glue import get_task
+
+    spec = get_task(task)
+    folder = os.path.join(root, spec.dir_name)
+    os.makedirs(folder, exist_ok=True)
+    rng = random.Random(seed)
+    for split, filename in spec.splits.items():
+        header, rows = _rows(spec.name, n_train if split == "train" else n_dev, rng)
+        bom = "\ufeff" if spec.name == "mrpc" else ""
+        lines = ([bom + "\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
+        with open(os.path.join(folder, filename), "w", encoding="utf-8", newline="") as f:
+            f.write("\n".join(lines) + ("" if spec.name == "cola" else "\n"))  # CoLA dev has no final newline
+    return folder

@@ -1,0 +1,120 @@
+"""recipes/glue.py end to end on a tiny BERT and generated GLUE files (CPU, a few seconds per run)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from glue_fixtures import make_model_dir, write_glue_task
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "recipes", "glue.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    model = make_model_dir(str(root / "model"), dropout=0.0)
+    for task in ("rte", "stsb", "mnli", "cola"):
+        write_glue_task(str(root / "data"), task, n_train=64, n_dev=24)
+    write_glue_task(str(root / "big"), "mrpc", n_train=256, n_dev=24)
+    return root, model
+
+
+def _args(setup, out, task="rte", data="data", **extra):
+    root, model = setup
+    args = ["--task_name", task, "--model_name_or_path", model, "--data_dir", str(root / data), "--output_dir",
+            str(out), "--learning_rate", "1e-3", "--num_train_epochs", "2", "--logging_steps", "2", "--seed", "5"]
+    for key, value in extra.items():
+        args += [f"--{key}"] + ([] if value is True else [str(value)])
+    return args
+
+
+def _launch(args, nproc=1, check=True):
+    if nproc == 1:
+        cmd = [sys.executable, RECIPE, *args]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+               "--main_process_port", str(port), RECIPE, *args]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _results(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+def test_results_json_fields(setup, tmp_path):
+    _launch(_args(setup, tmp_path, task="stsb", per_device_train_batch_size=8, preset="top3x5", top_k=2))
+    r = _results(tmp_path)
+    assert r["task"] == "stsb" and set(r["metrics"]) == {"pearson", "spearmanr"}
+    assert r["num_train_examples"] == 64 and r["num_eval_examples"] == {"validation": 24}
+    assert r["global_batch_size"] == 8 and r["num_processes"] == 1 and r["completed_steps"] == 16
+    assert r["layerwise"]["top_k"] == 2 and r["layerwise"]["top_lr_multiplier"] == 5.0
+    assert r["train_time_s"] > 0 and r["train_samples_per_second"] > 0 and r["peak_memory_mb"] > 0
+    assert {"torch", "transformers", "hf_layerwise"} <= set(r["versions"])
+    assert r["seed"] == 5 and len(r["history"]) == 2
+
+
+def test_mnli_reports_matched_and_mismatched(setup, tmp_path):
+    _launch(_args(setup, tmp_path, task="mnli", per_device_train_batch_size=16, num_train_epochs=1))
+    r = _results(tmp_path)
+    assert set(r["metrics"]) == {"accuracy", "accuracy_mm"}
+    assert r["num_eval_examples"] == {"validation_matched": 24, "validation_mismatched": 24}
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(setup, tmp_path):
+    common = dict(preset="top3x5", top_k=2, unfreeze_every=3, unfreeze_unit="steps", save_model=True)
+    _launch(_args(setup, tmp_path / "one", per_device_train_batch_size=8, **common))
+    _launch(_args(setup, tmp_path / "two", per_device_train_batch_size=4, cpu=True, **common), nproc=2)
+    one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
+    assert two["num_processes"] == 2 and two["global_batch_size"] == one["global_batch_size"] == 8
+    assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
+    w1 = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    w2 = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
+    start = load_file(os.path.join(setup[1], "model.safetensors"))
+    moved = [k for k in start if not torch.equal(start[k], w1["bert." + k] if "bert." + k in w1 else w1[k])]
+    assert any("encoder.layer.0." in k for k in moved)  # the bottom block was unfrozen and trained
+
+
+def test_world_size_trap_is_refused(setup, tmp_path):
+    proc = _launch(_args(setup, tmp_path, per_device_train_batch_size=4), nproc=2, check=False)  # no --cpu
+    assert proc.returncode != 0
+    assert "launched as 2 processes (WORLD_SIZE=2) but the accelerator sees 1" in proc.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_same_results(setup, tmp_path):
+    extra = dict(task="mrpc", data="big", per_device_train_batch_size=8, num_train_epochs=3, checkpointing_steps=7,
+                 preset="ulmfit", unfreeze_unit="steps", unfreeze_every=10)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _launch(_args(setup, straight, **extra))
+    proc = subprocess.Popen([sys.executable, RECIPE, *_args(setup, killed, **extra)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "step_28").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+    _launch(_args(setup, killed, resume_from_checkpoint="latest", **extra))
+    a, b = _results(straight), _results(killed)
+    assert b["metrics"] == a["metrics"]
+    assert b["history"] == a["history"]
+    assert b["completed_steps"] == a["completed_steps"] == 96
