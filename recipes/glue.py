@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glue_args import parse_args  # noqa: E402
 
 import hf_layerwise  # noqa: E402
-from hf_layerwise import DepthGradNorms, GradualUnfreezer, create_optimizer, lr_by_depth  # noqa: E402
+from hf_layerwise import (DepthGradNorms, GradualUnfreezer, check_training_setup, create_optimizer,  # noqa: E402
+                          lr_by_depth)
 from hf_layerwise.glue import get_task, load_glue, load_metric  # noqa: E402
 from hf_layerwise.glue.training import (class_weights, init_head_bias_prior, majority_metrics,  # noqa: E402
                                         predictions, reinit_top_layers, tokenize_glue, write_json_atomic)
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     # -- layer-wise optimizer, freezing, scheduler ------------------------------------------------
     optimizer = create_optimizer(model, cfg, lr=args.learning_rate)
     unfreezer = GradualUnfreezer(model, cfg)
+    check_training_setup(model, cfg, unfreezer.layers, accelerator.state)  # FSDP/DeepSpeed/checkpointing traps
     steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "recipes", "glue.py")
+CPU_CONFIG = os.path.join(ROOT, "recipes", "accelerate_configs", "cpu_multi_process.yaml")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
 
 
@@ -44,8 +45,8 @@ def _launch(args, nproc=1, check=True):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-               "--main_process_port", str(port), RECIPE, *args]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes",
+               str(nproc), "--main_process_port", str(port), RECIPE, *args]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
@@ -93,7 +94,12 @@ def test_two_processes_equal_one_process(setup, tmp_path):
 
 
 def test_world_size_trap_is_refused(setup, tmp_path):
-    proc = _launch(_args(setup, tmp_path, per_device_train_batch_size=4), nproc=2, check=False)  # no --cpu
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(port), RECIPE, *_args(setup, tmp_path, per_device_train_batch_size=4)]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)  # no --cpu, no GPU
     assert proc.returncode != 0
     assert "launched as 2 processes (WORLD_SIZE=2) but the accelerator sees 1" in proc.stderr
     assert not (tmp_path / "results.json").exists()
@@ -118,3 +124,37 @@ def test_kill_and_resume_gives_same_results(setup, tmp_path):
     assert b["metrics"] == a["metrics"]
     assert b["history"] == a["history"]
     assert b["completed_steps"] == a["completed_steps"] == 96
+
+
+def test_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = os.path.join(ROOT, "recipes", "accelerate_configs")
+    kinds = {}
+    for name in sorted(os.listdir(folder)):
+        config = load_config_from_file(os.path.join(folder, name))
+        kinds[name] = str(config.distributed_type).rsplit(".", 1)[-1]
+    assert kinds == {"cpu_multi_process.yaml": "MULTI_GPU", "deepspeed_zero2.yaml": "DEEPSPEED", "fsdp.yaml": "FSDP",
+                     "multi_gpu.yaml": "MULTI_GPU", "single_gpu.yaml": "NO"}
+    fsdp = load_config_from_file(os.path.join(folder, "fsdp.yaml")).fsdp_config
+    assert fsdp["fsdp_use_orig_params"] is True
+
+
+def test_finetuning_options_and_early_stopping(setup, tmp_path):
+    _launch(_args(setup, tmp_path, per_device_train_batch_size=8, num_train_epochs=4, class_weights="auto",
+                  head_bias_init="prior", reinit_top_layers=1, early_stopping_patience=1, learning_rate=1e-6))
+    r = _results(tmp_path)
+    assert len(r["history"]) < 4  # a tiny LR learns nothing: stopped after one evaluation without improvement
+    best = max(h["accuracy"] for h in r["history"])
+    assert r["metrics"]["accuracy"] == best and (tmp_path / "best_model" / "model.safetensors").exists()
+
+
+def test_glue_trainer_recipe(setup, tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "glue_trainer.py"),
+                           *_args(setup, tmp_path, task="cola", per_device_train_batch_size=8, preset="top3x5",
+                                  top_k=2)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = _results(tmp_path)
+    assert set(r["metrics"]) == {"matthews_correlation"} and r["completed_steps"] == 16
+    logged = [h for h in r["log_history"] if "loss" in h]
+    assert all(h["lr/depth4"] == pytest.approx(5 * h["lr/depth2"]) for h in logged if h["lr/depth2"] > 0)

@@ -99,6 +99,11 @@ def reinit_top_layers(model: nn.Module, n: int) -> list[str]:
     blocks = model.get_submodule(layers.block_path)
     names = []
     for index in range(layers.num_layers - n, layers.num_layers):
+        # transformers 5 marks loaded tensors and modules `_is_hf_initialized`, and its init functions then skip
+        # them: clear the marks, or the "re-initialization" silently keeps the pretrained weights
+        for obj in (*blocks[index].modules(), *blocks[index].parameters(), *blocks[index].buffers()):
+            if getattr(obj, "_is_hf_initialized", False):
+                obj._is_hf_initialized = False
         blocks[index].apply(init)
         names.append(f"{layers.block_path}.{index}")
     return names
