@@ -1,0 +1,383 @@
+"""Layer-wise LR ablations: run every (task, cell, seed) through recipes/glue.py, then summarize.
+
+    python recipes/ablate.py run --tasks rte,mrpc,stsb,cola --presets baseline,top3x5,top3x5-freeze --seeds 1-5 \
+        --out results/minilm -- --model_name_or_path MODEL --data_dir ../shared/glue --num_train_epochs 3
+    python recipes/ablate.py run ... --cell uniform-5x="--preset baseline --learning_rate 1e-4"
+    python recipes/ablate.py run ... --grid top_lr_multiplier=1,5,10 freeze_below=0,3
+    python recipes/ablate.py report results/minilm          # summary.csv, summary.md, summary.png
+
+Every cell writes OUT/<task>/<cell>/seed<k>/results.json (glue.py's). A cell whose results.json is complete is
+skipped, so a killed sweep continues where it stopped when the same command is run again; a failing cell is
+recorded (status.json with its error) and the sweep goes on; a lock file keeps two sweeps out of one folder.
+Options after ``--`` (or any option ablate.py does not know) go to every glue.py run; a cell's own options
+come after them and win. ``--launcher "accelerate launch --num_processes 1"`` runs each cell under accelerate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fcntl
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from hf_layerwise.glue import get_task  # noqa: E402
+from hf_layerwise.glue.training import write_json_atomic  # noqa: E402
+
+GLUE_RECIPE = os.path.join(HERE, "glue.py")
+BASELINE = "baseline"
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    options: tuple[str, ...]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1-5' -> [1, 2, 3, 4, 5]; '1,3,7' -> [1, 3, 7]; '1-3,9' -> [1, 2, 3, 9]."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = (int(x) for x in part.split("-"))
+            seeds.extend(range(lo, hi + 1))
+        elif part.strip():
+            seeds.append(int(part))
+    if not seeds:
+        raise ValueError(f"--seeds {text!r}: no seeds")
+    return seeds
+
+
+def build_cells(presets: list[str], cells: list[str], grid: list[str]) -> list[Cell]:
+    """Cells from --presets, --cell NAME="options" and --grid key=v1,v2 (the cartesian product)."""
+    out = [Cell(p, ("--preset", p)) for p in presets]
+    for spec in cells:
+        name, sep, options = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f'--cell {spec!r}: use NAME="--option value ..."')
+        out.append(Cell(name, tuple(shlex.split(options))))
+    if grid:
+        axes = []
+        for axis in grid:
+            key, sep, values = axis.partition("=")
+            if not sep or not values:
+                raise ValueError(f"--grid {axis!r}: use key=v1,v2,...")
+            axes.append([(key, v) for v in values.split(",")])
+        for combo in itertools.product(*axes):
+            name = ",".join(f"{k}={v}" for k, v in combo)
+            out.append(Cell(name, tuple(x for k, v in combo for x in (f"--{k}", v))))
+    names = [c.name for c in out]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"cells must have distinct names and there must be at least one: {names}")
+    for name in names:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"cell name {name!r} cannot contain '/' or start with '.'")
+    return out
+
+
+def is_complete(folder: str) -> bool:
+    path = os.path.join(folder, "results.json")
+    try:
+        with open(path) as f:
+            return "metrics" in json.load(f)
+    except (OSError, ValueError):
+        return False
+
+
+class SweepLock:
+    """An exclusive, non-blocking lock on OUT/.ablate.lock: a second sweep on the same folder refuses to start."""
+
+    def __init__(self, out: str) -> None:
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, ".ablate.lock")
+        self.file = open(self.path, "a+")  # noqa: SIM115 -- held for the sweep's lifetime
+
+    def __enter__(self) -> SweepLock:
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            raise SystemExit(f"error: another sweep is running on {os.path.dirname(self.path)} "
+                             f"({self.file.read().strip() or 'unknown pid'}); wait for it or use another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_cell(cmd: list[str], folder: str, log_path: str) -> tuple[bool, str]:
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode == 0 and is_complete(folder):
+        return True, ""
+    with open(log_path, errors="replace") as f:
+        tail = f.read()[-3000:]
+    return False, f"exit code {proc.returncode}\n{tail}"
+
+
+def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
+    tasks = [get_task(t).name for t in args.tasks.split(",") if t]
+    cells = build_cells([p for p in (args.presets or "").split(",") if p], args.cell or [], args.grid or [])
+    seeds = parse_seeds(args.seeds)
+    launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
+    # seed-major: every (task, cell) gets seed 1 before any gets seed 2, so a partial sweep is already paired
+    plan = [(t, c, s) for s in seeds for t in tasks for c in cells]
+    failures = 0
+    with SweepLock(args.out):
+        todo = [(t, c, s) for t, c, s in plan if not is_complete(os.path.join(args.out, t, c.name, f"seed{s}"))]
+        print(f"sweep: {len(plan)} cells ({len(tasks)} tasks x {len(cells)} cells x {len(seeds)} seeds), "
+              f"{len(plan) - len(todo)} already complete, {len(todo)} to run", flush=True)
+        spent: list[float] = []
+        for i, (task, cell, seed) in enumerate(todo, 1):
+            folder = os.path.join(args.out, task, cell.name, f"seed{seed}")
+            os.makedirs(folder, exist_ok=True)
+            cmd = [*launcher, GLUE_RECIPE, *forwarded, "--task_name", task, "--seed", str(seed), "--output_dir",
+                   folder, *cell.options]
+            if any(n.startswith("step_") for n in os.listdir(folder)):  # killed mid-cell with checkpoints on
+                cmd += ["--resume_from_checkpoint", "latest"]
+            status = {"task": task, "cell": cell.name, "seed": seed, "command": shlex.join(cmd),
+                      "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            write_json_atomic(os.path.join(folder, "status.json"), {**status, "status": "running"})
+            start = time.time()
+            ok, error = run_cell(cmd, folder, os.path.join(folder, "log.txt"))
+            spent.append(time.time() - start)
+            status.update(status="complete" if ok else "failed", seconds=round(spent[-1], 1), error=error or None)
+            write_json_atomic(os.path.join(folder, "status.json"), status)
+            if ok:
+                for name in os.listdir(folder):  # checkpoints and weights are not results
+                    if name.startswith(("step_", ".tmp-step_", "best_model")):
+                        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+                with open(os.path.join(folder, "results.json")) as f:
+                    result = json.load(f)
+                main = result["main_metric"]
+                outcome = f"{main}={result['metrics'][main]:.4f}"
+            else:
+                failures += 1
+                outcome = f"FAILED ({error.splitlines()[0]}; see {folder}/status.json)"
+            eta = statistics.mean(spent) * (len(todo) - i)
+            print(f"[{i}/{len(todo)}] {task}/{cell.name}/seed{seed}: {outcome} in {_duration(spent[-1])}; "
+                  f"ETA {_duration(eta)}", flush=True)
+    print(f"sweep done: {len(todo) - failures} ran, {failures} failed", flush=True)
+    return 1 if failures else 0
+
+
+# --------------------------------------------------------------------------------------------- report
+def collect(out: str) -> list[dict]:
+    """One row per complete run under OUT (task/cell/seedK/results.json)."""
+    rows = []
+    for root, _, files in os.walk(out):
+        if "results.json" not in files:
+            continue
+        rel = os.path.relpath(root, out).split(os.sep)
+        if len(rel) != 3 or not rel[2].startswith("seed"):
+            continue
+        with open(os.path.join(root, "results.json")) as f:
+            r = json.load(f)
+        main = r["main_metric"]
+        value = r["metrics"][main]
+        rows.append({"task": r["task"], "cell": rel[1], "seed": r["seed"], "metric": main, "value": value,
+                     "majority": r["majority_baseline"][main], "failed": value <= r["majority_baseline"][main] + 1e-12,
+                     "train_time_s": r.get("train_time_s"), "trainable_params": r.get("trainable_params"),
+                     **{f"metric_{k}": v for k, v in r["metrics"].items()}})
+    rows.sort(key=lambda r: (r["task"], r["cell"], r["seed"]))
+    return rows
+
+
+def t_quantile_975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def paired_difference(values: dict[int, float], base: dict[int, float]) -> dict | None:
+    """Mean of the seed-paired differences to the baseline and its 95% t confidence interval."""
+    seeds = sorted(set(values) & set(base))
+    if not seeds:
+        return None
+    diffs = [values[s] - base[s] for s in seeds]
+    mean = statistics.mean(diffs)
+    if len(diffs) < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "n": 1}
+    half = t_quantile_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs)}
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per (task, cell): n, mean, std, median, max, failed runs, time, and the paired difference to baseline."""
+    groups: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["cell"]), {})[r["seed"]] = r
+    out = []
+    for (task, cell), runs in sorted(groups.items()):
+        values = {s: r["value"] for s, r in runs.items()}
+        base = {s: r["value"] for s, r in groups.get((task, BASELINE), {}).items()}
+        v = list(values.values())
+        times = [r["train_time_s"] for r in runs.values() if r["train_time_s"] is not None]
+        out.append({
+            "task": task, "cell": cell, "metric": next(iter(runs.values()))["metric"], "n": len(v),
+            "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "median": statistics.median(v), "max": max(v), "failed": sum(r["failed"] for r in runs.values()),
+            "train_time_s": statistics.mean(times) if times else math.nan,
+            "diff": None if cell == BASELINE else paired_difference(values, base),
+        })
+    return out
+
+
+def glue_average(summary: list[dict]) -> dict[str, float]:
+    """Per cell: the mean over tasks of the task's mean main metric (only cells present for every task)."""
+    tasks = sorted({s["task"] for s in summary})
+    by_cell: dict[str, dict[str, float]] = {}
+    for s in summary:
+        by_cell.setdefault(s["cell"], {})[s["task"]] = s["mean"]
+    return {cell: statistics.mean(v.values()) for cell, v in by_cell.items() if len(v) == len(tasks)}
+
+
+def write_markdown(summary: list[dict], path: str) -> None:
+    tasks = sorted({s["task"] for s in summary})
+    lines = ["# Layer-wise LR ablation summary", "",
+             "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
+             "order and head initialisation) with its 95% t confidence interval. A run *fails* when its main metric "
+             "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
+             "the statistics.", ""]
+    for task in tasks:
+        rows = [s for s in summary if s["task"] == task]
+        lines += [f"## {task} ({rows[0]['metric']})", "",
+                  "| cell | seeds | mean ± std | median | max | failed | diff to baseline [95% CI] | train time |",
+                  "|---|---:|---:|---:|---:|---:|---|---:|"]
+        for s in sorted(rows, key=lambda s: (s["cell"] != BASELINE, s["cell"])):
+            d = s["diff"]
+            if d is None:
+                diff = "—"
+            elif d["n"] < 2:
+                diff = f"{100 * d['mean']:+.2f} (n=1)"
+            else:
+                diff = f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
+            lines.append(f"| {s['cell']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
+                         f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {diff} | "
+                         f"{_duration(s['train_time_s']) if not math.isnan(s['train_time_s']) else '—'} |")
+        lines.append("")
+    avg = glue_average(summary)
+    if avg:
+        header = " | ".join(f"{t}" for t in tasks)
+        lines += ["## GLUE-style average (mean of each task's main metric)", "",
+                  f"| cell | {header} | average |", "|---|" + "---:|" * (len(tasks) + 1)]
+        means = {(s["task"], s["cell"]): s["mean"] for s in summary}
+        for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
+            cols = " | ".join(f"{100 * means[(t, cell)]:.2f}" for t in tasks)
+            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} |")
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(rows: list[dict], summary: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        stats = sorted((s for s in summary if s["task"] == task), key=lambda s: (s["cell"] != BASELINE, s["cell"]))
+        cells = [s["cell"] for s in stats]
+        for x, s in enumerate(stats):
+            values = [100 * r["value"] for r in rows if r["task"] == task and r["cell"] == s["cell"]]
+            jitter = [x + 0.08 * (i - (len(values) - 1) / 2) for i in range(len(values))]
+            ax.scatter(jitter, values, s=18, alpha=0.7, color="tab:red" if s["cell"] == BASELINE else "tab:blue")
+            ax.errorbar(x + 0.3, 100 * s["mean"], yerr=100 * s["std"], fmt="D", color="black", markersize=5,
+                        capsize=3)
+            if s["cell"] == BASELINE:
+                ax.axhline(100 * s["mean"], color="tab:red", linestyle="--", linewidth=1, label="baseline mean")
+        ax.set_xticks(range(len(cells)))
+        ax.set_xticklabels(cells, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{task} ({stats[0]['metric']})" if stats else task)
+        ax.set_ylabel("dev score x100 (dots: seeds; diamond: mean ± std)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(out: str) -> list[dict]:
+    rows = collect(out)
+    if not rows:
+        raise SystemExit(f"error: no complete runs (task/cell/seedK/results.json) under {out}")
+    summary = summarize(rows)
+    failed_cells = []
+    for root, _, files in os.walk(out):
+        if "status.json" in files and "results.json" not in files:
+            with open(os.path.join(root, "status.json")) as f:
+                status = json.load(f)
+            if status.get("status") == "failed":
+                failed_cells.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
+    write_csv(rows, os.path.join(out, "summary.csv"))
+    write_markdown(summary, os.path.join(out, "summary.md"))
+    if failed_cells:
+        with open(os.path.join(out, "summary.md"), "a") as f:
+            f.write("\nRuns that crashed (no results; see their status.json): " + ", ".join(sorted(failed_cells)) + "\n")
+    plot(rows, summary, os.path.join(out, "summary.png"))
+    print(f"{len(rows)} runs -> {out}/summary.csv, summary.md, summary.png")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    forwarded: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, forwarded = argv[:at], argv[at + 1:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the sweep (resumable)")
+    run.add_argument("--tasks", required=True, help="comma-separated GLUE tasks")
+    run.add_argument("--presets", default="", help="comma-separated presets, one cell each")
+    run.add_argument("--cell", action="append", help='NAME="glue.py options" (repeatable)')
+    run.add_argument("--grid", nargs="+", help="key=v1,v2 ... : one cell per combination")
+    run.add_argument("--seeds", default="1-3", help="e.g. 1-5 or 1,2,7")
+    run.add_argument("--out", required=True)
+    run.add_argument("--launcher", default=None, help='e.g. "accelerate launch --num_processes 1"')
+    rep = sub.add_parser("report", help="summary.csv / summary.md / summary.png of a sweep folder")
+    rep.add_argument("out")
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "report":
+        if unknown or forwarded:
+            parser.error(f"unrecognized arguments: {unknown + forwarded}")
+        report(args.out)
+        return 0
+    return sweep(args, unknown + forwarded)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""recipes/ablate.py: resumable sweep, failure recording, lock, and the statistics of the report."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from glue_fixtures import make_model_dir, write_glue_task
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "recipes"))
+import ablate  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    model = make_model_dir(str(root / "model"), dropout=0.0)
+    write_glue_task(str(root / "data"), "rte", n_train=32, n_dev=16)
+    return root, model
+
+
+def _cmd(setup, out, *extra):
+    root, model = setup
+    return [sys.executable, os.path.join(ROOT, "recipes", "ablate.py"), "run", "--tasks", "rte", "--presets",
+            "baseline", "--cell", "lr5x=--preset baseline --learning_rate 5e-3", "--seeds", "1-2", "--out", str(out),
+            *extra, "--", "--model_name_or_path", model, "--data_dir", str(root / "data"), "--num_train_epochs", "1",
+            "--per_device_train_batch_size", "8", "--learning_rate", "1e-3"]
+
+
+def _summary(out):
+    subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "ablate.py"), "report", str(out)], env=ENV,
+                   check=True, capture_output=True)
+    with open(out / "summary.csv") as f:
+        rows = [line.split(",")[:5] for line in f.read().splitlines()]
+    return rows, (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_without_rerunning_finished_cells(setup, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_cmd(setup, straight), env=ENV, check=True, capture_output=True)
+    proc = subprocess.Popen(_cmd(setup, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once the second cell has finished and the third is running
+        done = [p for p in killed.glob("rte/*/seed*/results.json")]
+        if len(done) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the glue.py run it started, as a crash would
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in killed.glob("rte/*/seed*/results.json")}
+    assert 2 <= len(finished) < 4
+    out = subprocess.run(_cmd(setup, killed), env=ENV, check=True, capture_output=True, text=True).stdout
+    assert f"{len(finished)} already complete, {4 - len(finished)} to run" in out
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime  # not re-run
+    assert _summary(straight) == _summary(killed)
+
+
+def test_failing_cell_is_recorded_and_the_sweep_goes_on(setup, tmp_path):
+    cmd = _cmd(setup, tmp_path) + ["--top_k", "99"]  # impossible for a 4-block model: every cell fails
+    cmd[cmd.index("--seeds") + 1] = "1"
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stdout.count("FAILED") == 2 and "sweep done: 0 ran, 2 failed" in proc.stdout
+    status = json.loads((tmp_path / "rte" / "lr5x" / "seed1" / "status.json").read_text())
+    assert status["status"] == "failed" and "top_k=99 is larger than the model's 4 encoder blocks" in status["error"]
+
+
+def test_second_sweep_on_the_same_folder_refuses(setup, tmp_path):
+    with ablate.SweepLock(str(tmp_path)):
+        proc = subprocess.run(_cmd(setup, tmp_path), env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "another sweep is running on" in proc.stderr
+    assert not list(tmp_path.glob("rte/*"))
+
+
+def test_cells_seeds_and_grid():
+    assert ablate.parse_seeds("1-3,7") == [1, 2, 3, 7]
+    cells = ablate.build_cells(["baseline"], ['u5=--preset baseline --learning_rate 1e-4'],
+                               ["top_lr_multiplier=1,5", "freeze_below=0,3"])
+    assert [c.name for c in cells] == ["baseline", "u5", "top_lr_multiplier=1,freeze_below=0",
+                                       "top_lr_multiplier=1,freeze_below=3", "top_lr_multiplier=5,freeze_below=0",
+                                       "top_lr_multiplier=5,freeze_below=3"]
+    assert cells[1].options == ("--preset", "baseline", "--learning_rate", "1e-4")
+    assert cells[-1].options == ("--top_lr_multiplier", "5", "--freeze_below", "3")
+    with pytest.raises(ValueError, match="distinct names"):
+        ablate.build_cells(["baseline", "baseline"], [], [])
+
+
+def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0):
+    folder = out / task / cell / f"seed{seed}"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({
+        "task": task, "seed": seed, "main_metric": metric, "metrics": {metric: value},
+        "majority_baseline": {metric: majority}, "train_time_s": seconds}))
+
+
+def test_statistics_against_hand_computed_values(tmp_path):
+    base = [0.60, 0.62, 0.58, 0.50, 0.64]
+    top = [0.63, 0.66, 0.59, 0.53, 0.50]
+    for seed, (b, t) in enumerate(zip(base, top), 1):
+        _fake_run(tmp_path, "rte", "baseline", seed, b, 0.53)
+        _fake_run(tmp_path, "rte", "top3x5", seed, t, 0.53, seconds=30.0)
+        _fake_run(tmp_path, "cola", "baseline", seed, 0.3, 0.0, metric="matthews_correlation")
+        _fake_run(tmp_path, "cola", "top3x5", seed, 0.35, 0.0, metric="matthews_correlation")
+    summary = {(s["task"], s["cell"]): s for s in ablate.report(str(tmp_path))}
+    s = summary[("rte", "top3x5")]
+    assert s["n"] == 5 and s["mean"] == pytest.approx(0.582) and s["median"] == pytest.approx(0.59)
+    assert s["std"] == pytest.approx(0.0668581, rel=1e-5) and s["max"] == pytest.approx(0.66)
+    assert s["failed"] == 2  # 0.53 (not better than majority 0.53) and 0.50
+    assert summary[("rte", "baseline")]["failed"] == 1
+    # paired differences 0.03, 0.04, 0.01, 0.03, -0.14: mean -0.006, sd 0.0756968, t(0.975, 4) = 2.7764451
+    d = s["diff"]
+    half = 2.7764451 * 0.0756968 / math.sqrt(5)
+    assert (d["mean"], d["low"], d["high"], d["n"]) == pytest.approx((-0.006, -0.006 - half, -0.006 + half, 5),
+                                                                     rel=1e-5)
+    assert ablate.glue_average(list(summary.values())) == pytest.approx(
+        {"baseline": (0.588 + 0.3) / 2, "top3x5": (0.582 + 0.35) / 2})
+    md = (tmp_path / "summary.md").read_text()
+    assert "| top3x5 | 5 | 58.20 ± 6.69 | 59.00 | 66.00 | 2 | -0.60 [-10.00, +8.80] (n=5) | 0m30s |" in md
+    assert "| baseline | 30.00 | 58.80 | 44.40 |" in md
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
