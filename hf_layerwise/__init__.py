@@ -5,10 +5,11 @@ Example:
     >>> optimizer = create_optimizer(model, LayerwiseConfig.preset("top3x5"), lr=2e-5)   # doctest: +SKIP
 """
 
-from .callbacks import LayerwiseCallback, LayerwiseTrainer, LayerwiseTrainerMixin, check_training_setup
+from .callbacks import HealthCallback, LayerwiseCallback, LayerwiseTrainer, LayerwiseTrainerMixin, check_training_setup
 from .config import PRESETS, LayerwiseConfig
 from .freezing import GradualUnfreezer, freeze, set_stage, unfreeze
 from .layers import LayerMap, UnsupportedModelError, discover_layers, layer_map
+from .monitor import HealthConfig, HealthMonitor, NonFiniteError
 from .optimizer import create_optimizer, no_weight_decay_names, param_groups
 from .stats import DepthGradNorms, lr_by_depth
 
@@ -18,6 +19,10 @@ __all__ = [
     "PRESETS",
     "DepthGradNorms",
     "GradualUnfreezer",
+    "HealthCallback",
+    "HealthConfig",
+    "HealthMonitor",
+    "NonFiniteError",
     "LayerMap",
     "LayerwiseCallback",
     "LayerwiseConfig",

@@ -1,7 +1,10 @@
-"""Command line: ``python -m hf_layerwise describe MODEL [--preset NAME | --freeze-below N --top-k K ...]``.
+"""Command line.
 
-Prints, per depth: the module paths, trainable parameters, LR multiplier, weight decay and
-whether it is frozen. MODEL is a local model folder or a hub name (offline, a local folder).
+``python -m hf_layerwise describe MODEL [--preset NAME | --freeze-below N --top-k K ...]`` prints, per depth:
+the module paths, trainable parameters, LR multiplier, weight decay and whether it is frozen. MODEL is a local
+model folder or a hub name (offline, a local folder).
+
+``python -m hf_layerwise report RUN_DIR`` renders the health log of a run (PNG plots and report.html).
 """
 
 from __future__ import annotations
@@ -69,9 +72,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe = sub.add_parser("describe", help="show the depth table of a model under a layer-wise config")
     describe.add_argument("model", help="local model folder or hub name")
     describe.add_argument("--num-labels", type=int, default=2)
-    if not argv or argv[0] not in ("describe",):
+    report = sub.add_parser("report", help="plots and an HTML page from a run's health.jsonl")
+    report.add_argument("run_dir")
+    if not argv or argv[0] not in ("describe", "report"):
         top.parse_args(argv)  # prints usage / error
         return 2
+    if argv[0] == "report":
+        from .report import render_report
+
+        args = top.parse_args(argv)
+        try:
+            print(render_report(args.run_dir))
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
     known, rest = describe.parse_known_args(argv[1:])
     (layerwise,) = HfArgumentParser(LayerwiseArguments).parse_args_into_dataclasses(rest)
     try:

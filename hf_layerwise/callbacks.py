@@ -26,10 +26,11 @@ from transformers.trainer_utils import IntervalStrategy
 from .config import LayerwiseConfig
 from .freezing import GradualUnfreezer
 from .layers import LayerMap, discover_layers
+from .monitor import HealthConfig, HealthMonitor
 from .optimizer import param_groups
 from .stats import DepthGradNorms, flat_logs, lr_by_depth, scale_to_preclip
 
-__all__ = ["LayerwiseCallback", "LayerwiseTrainerMixin", "LayerwiseTrainer", "check_training_setup"]
+__all__ = ["LayerwiseCallback", "HealthCallback", "LayerwiseTrainerMixin", "LayerwiseTrainer", "check_training_setup"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,70 @@ class LayerwiseCallback(TrainerCallback):
             self.unfreezer.detach()
 
 
+class HealthCallback(TrainerCallback):
+    """Drop-in training-health monitor for ``transformers.Trainer`` (see :mod:`hf_layerwise.monitor`).
+
+    Every ``cfg.every_n_steps`` steps it measures each depth, forces a log at that step so the
+    ``health/...`` scalars reach the trackers (with :class:`LayerwiseTrainer`, before TensorBoard/W&B
+    see the log; with a plain Trainer, in the log history), writes ``health.jsonl`` and TensorBoard
+    histograms into ``run_dir`` (default ``args.output_dir``), and checks the weights are finite before
+    every checkpoint save, so a NaN stops the run without overwriting the last good checkpoint.
+
+    Example:
+        >>> trainer = LayerwiseTrainer(..., callbacks=[LayerwiseCallback(cfg), HealthCallback()])  # doctest: +SKIP
+        >>> # afterwards: python -m hf_layerwise report OUTPUT_DIR
+    """
+
+    def __init__(self, cfg: HealthConfig | None = None, run_dir: str | None = None) -> None:
+        self.cfg = cfg or HealthConfig()
+        self.run_dir = run_dir
+        self.monitor: HealthMonitor | None = None
+        self._pending: dict[str, float] = {}
+
+    def add_step_logs(self, logs: dict[str, float]) -> None:
+        if self._pending and "loss" in logs:
+            logs.update(self._pending)
+            self._pending = {}
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       model: nn.Module | None = None, **kwargs: Any) -> None:
+        self.monitor = HealthMonitor(model, self.cfg, run_dir=self.run_dir or args.output_dir,
+                                     is_main_process=state.is_world_process_zero)
+
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                      **kwargs: Any) -> None:
+        if not self.monitor.active:
+            self.monitor.begin(state.global_step + 1)
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                              **kwargs: Any) -> None:
+        self.monitor.before_optimizer_step()
+
+    def on_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                          optimizer: Any = None, **kwargs: Any) -> None:
+        self._pending.update(self.monitor.end(optimizer))
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if self._pending:
+            control.should_log = True
+        if control.should_save:
+            self.monitor.check_finite_weights(state.global_step)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs is not None and self._pending and "loss" in logs:  # plain Trainer: into the log history
+            self.add_step_logs(logs)
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1].update({k: v for k, v in logs.items() if k.startswith("health/")})
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.final_histograms(state.global_step)
+            self.monitor.close()
+
+
 class LayerwiseTrainerMixin:
     """Makes a ``Trainer`` (sub)class build the layer-wise AdamW of its :class:`LayerwiseCallback`.
 
@@ -257,7 +322,9 @@ class LayerwiseTrainerMixin:
         return self.optimizer
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        self.layerwise.add_step_logs(logs)
+        for callback in self.callback_handler.callbacks:  # LayerwiseCallback, HealthCallback
+            if hasattr(callback, "add_step_logs"):
+                callback.add_step_logs(logs)
         super().log(logs, *args, **kwargs)
 
 

@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from glue_args import parse_args  # noqa: E402
 
 import hf_layerwise  # noqa: E402
-from hf_layerwise import (DepthGradNorms, GradualUnfreezer, check_training_setup, create_optimizer,  # noqa: E402
-                          lr_by_depth)
+from hf_layerwise import (DepthGradNorms, GradualUnfreezer, HealthConfig, HealthMonitor,  # noqa: E402
+                          check_training_setup, create_optimizer, lr_by_depth)
 from hf_layerwise.glue import get_task, load_glue, load_metric  # noqa: E402
 from hf_layerwise.glue.training import (class_weights, init_head_bias_prior, majority_metrics,  # noqa: E402
                                         predictions, reinit_top_layers, tokenize_glue, write_json_atomic)
@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     if loss_weights is not None:
         loss_weights = loss_weights.to(accelerator.device)
     metric = load_metric(task.name, experiment_id=f"{os.getpid()}-{accelerator.process_index}")
+    monitor = None
+    if args.monitor:  # health statistics every --monitor_every steps; hooks exist only on those steps
+        monitor = HealthMonitor(accelerator.unwrap_model(model), HealthConfig(every_n_steps=args.monitor_every),
+                                run_dir=args.output_dir, layers=unfreezer.layers,
+                                is_main_process=accelerator.is_main_process)
 
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("glue", config={**vars(args), **cfg.to_dict(), "task": task.name})
@@ -215,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
             if completed_steps >= max_train_steps:
                 break
             unfreezer.update(completed_steps, epoch)
+            if monitor is not None and not monitor.active:
+                monitor.begin(completed_steps + 1)
             with accelerator.accumulate(model):
                 if loss_weights is None:
                     loss = model(**batch).loss
@@ -229,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
                     total_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                                   if cfg.max_grad_norm else None)
                     lrs = lr_by_depth(optimizer) if log_now else None  # the LR this step uses
+                    if monitor is not None:
+                        monitor.before_optimizer_step()
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -239,6 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             completed_steps += 1
             progress_bar.update(1)
+            if monitor is not None and monitor.active:
+                health = monitor.end(optimizer, loss.detach())
+                if args.report_to != "none":
+                    accelerator.log(health, step=completed_steps)
             if log_now:
                 loss_value = accelerator.reduce(running_loss, "mean").item() / (
                     args.logging_steps * args.gradient_accumulation_steps)
@@ -252,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.report_to != "none":
                     accelerator.log(logs, step=completed_steps)
             if every and completed_steps % every == 0:
+                if monitor is not None:
+                    monitor.check_finite_weights(completed_steps)  # never save NaN weights over a good checkpoint
                 save_checkpoint(accelerator, args.output_dir, completed_steps, {
                     "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batch_index,
                     "history": history, "best": best, "evals_without_gain": evals_without_gain})
@@ -276,6 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 evals_without_gain += 1
         if args.checkpointing_steps == "epoch":
+            if monitor is not None:
+                monitor.check_finite_weights(completed_steps)
             save_checkpoint(accelerator, args.output_dir, completed_steps, {
                 "completed_steps": completed_steps, "epoch": epoch + 1, "batches_in_epoch": 0, "history": history,
                 "best": best, "evals_without_gain": evals_without_gain})
@@ -286,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
         if completed_steps >= max_train_steps:
             break
     train_time = time.perf_counter() - start
+    if monitor is not None:
+        monitor.final_histograms(completed_steps)
+        monitor.close()
 
     # -- results ----------------------------------------------------------------------------------
     if args.early_stopping_patience is not None:

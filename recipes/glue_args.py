@@ -57,6 +57,8 @@ class TrainArguments:
     reinit_top_layers: int = field(default=0, metadata={"help": "re-initialize the top N blocks"})
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
     eval_every_epoch: bool = field(default=True, metadata={"help": "evaluate after every epoch (else at the end)"})
+    monitor: bool = field(default=False, metadata={"help": "training-health monitor: OUTPUT_DIR/health.jsonl"})
+    monitor_every: int = field(default=50, metadata={"help": "measure every N optimizer steps"})
 
     def __post_init__(self) -> None:
         if self.class_weights not in (None, "auto"):

@@ -158,3 +158,16 @@ def test_glue_trainer_recipe(setup, tmp_path):
     assert set(r["metrics"]) == {"matthews_correlation"} and r["completed_steps"] == 16
     logged = [h for h in r["log_history"] if "loss" in h]
     assert all(h["lr/depth4"] == pytest.approx(5 * h["lr/depth2"]) for h in logged if h["lr/depth2"] > 0)
+
+
+def test_monitor_flag_writes_health_log_and_report(setup, tmp_path):
+    _launch(_args(setup, tmp_path, per_device_train_batch_size=8, monitor=True, monitor_every=4, preset="top3x10",
+                  top_k=2))
+    records = [json.loads(line) for line in open(tmp_path / "health.jsonl")]
+    steps = [r for r in records if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [4, 8, 12, 16]
+    assert all("update_ratio" in r["depths"]["4"] and "loss" in r for r in steps)
+    assert sum(r["type"] == "weight_histogram" for r in records) == 6
+    proc = subprocess.run([sys.executable, "-m", "hf_layerwise", "report", str(tmp_path)], env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and (tmp_path / "report.html").exists()
