@@ -120,9 +120,9 @@ class LayerwiseCallback(TrainerCallback):
         self._bind(model)
         self.unfreezer.update(state.global_step, _epoch_index(state))
         groups = param_groups(model, self.cfg, args.learning_rate, layers=self.layers)
-        fused = optim == "adamw_torch_fused" and all(p.device.type != "cpu" for g in groups for p in g["params"])
+        fused = True if optim == "adamw_torch_fused" else None  # what the Trainer's own handler does
         return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 eps=args.adam_epsilon, fused=fused or None)
+                                 eps=args.adam_epsilon, fused=fused)
 
     def add_step_logs(self, logs: dict[str, float]) -> None:
         """Add the per-depth figures measured for this logging step to ``logs`` (in place)."""
