@@ -143,8 +143,9 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     cells = build_cells([p for p in (args.presets or "").split(",") if p], args.cell or [], args.grid or [])
     seeds = parse_seeds(args.seeds)
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
-    # seed-major: every (task, cell) gets seed 1 before any gets seed 2, so a partial sweep is already paired
-    plan = [(t, c, s) for s in seeds for t in tasks for c in cells]
+    # seed-major, then cell, then task: every (task, cell) gets seed 1 before any gets seed 2, and each cell is
+    # run on all tasks before the next cell starts, so a partial sweep already holds paired, comparable cells
+    plan = [(t, c, s) for s in seeds for c in cells for t in tasks]
     failures = 0
     with SweepLock(args.out):
         todo = [(t, c, s) for t, c, s in plan if not is_complete(os.path.join(args.out, t, c.name, f"seed{s}"))]
