@@ -59,7 +59,8 @@ def _results(out):
 
 
 def test_results_json_fields(setup, tmp_path):
-    _launch(_args(setup, tmp_path, task="stsb", per_device_train_batch_size=8, preset="top3x5", top_k=2))
+    _launch(_args(setup, tmp_path, task="stsb", per_device_train_batch_size=8, preset="top3x5", top_k=2,
+                  report_to="tensorboard"))
     r = _results(tmp_path)
     assert r["task"] == "stsb" and set(r["metrics"]) == {"pearson", "spearmanr"}
     assert r["num_train_examples"] == 64 and r["num_eval_examples"] == {"validation": 24}
@@ -68,6 +69,14 @@ def test_results_json_fields(setup, tmp_path):
     assert r["train_time_s"] > 0 and r["train_samples_per_second"] > 0 and r["peak_memory_mb"] > 0
     assert {"torch", "transformers", "hf_layerwise"} <= set(r["versions"])
     assert r["seed"] == 5 and len(r["history"]) == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "glue"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss", "grad_norm", "lr/depth0", "lr/depth4", "grad_norm/depth5", "eval/spearmanr"} <= tags
+    lrs = {tag: [e.value for e in acc.Scalars(tag)] for tag in ("lr/depth2", "lr/depth4")}
+    assert all(b == pytest.approx(5 * a) for a, b in zip(lrs["lr/depth2"], lrs["lr/depth4"]) if a > 0)
 
 
 def test_mnli_reports_matched_and_mismatched(setup, tmp_path):
