@@ -284,19 +284,25 @@ class HealthMonitor:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
 
+    def _matrices(self, depth: int) -> list[nn.Parameter]:
+        """A depth's weight matrices (and embedding tables): norm gains sit near 1 and biases near 0, and mixed in
+        they would draw a second mode that looks like the bimodal failure signature."""
+        return [p for _, p in self._by_depth[depth] if p.dim() >= 2] or [p for _, p in self._by_depth[depth]]
+
     def _histograms(self, step: int) -> None:
-        for depth, params in self._by_depth.items():
-            weights = torch.cat([p.detach().float().flatten() for _, p in params])
+        for depth in self._by_depth:
+            params = self._matrices(depth)
+            weights = torch.cat([p.detach().float().flatten() for p in params])
             self._tb.add_histogram(f"weights/depth{depth}", weights, step)
-            grads = [p.grad.detach().float().flatten() for _, p in params if p.grad is not None]
+            grads = [p.grad.detach().float().flatten() for p in params if p.grad is not None]
             if grads:
                 self._tb.add_histogram(f"grads/depth{depth}", torch.cat(grads), step)
         self._tb.flush()
 
     def final_histograms(self, step: int) -> None:
-        """Write each depth's weight histogram to health.jsonl (the report draws the last one)."""
-        for depth, params in sorted(self._by_depth.items()):
-            weights = torch.cat([p.detach().float().flatten().cpu() for _, p in params])
+        """Write each depth's weight-matrix histogram to health.jsonl (the report draws the last one)."""
+        for depth in sorted(self._by_depth):
+            weights = torch.cat([p.detach().float().flatten().cpu() for p in self._matrices(depth)])
             lo, hi = float(weights.min()), float(weights.max())
             counts = torch.histc(weights, bins=self.cfg.histogram_bins, min=lo, max=hi if hi > lo else lo + 1e-6)
             self._write({"type": "weight_histogram", "step": step, "depth": depth, "min": lo, "max": hi,
