@@ -21,6 +21,7 @@ import os
 import re
 import resource
 import shutil
+import subprocess
 import sys
 import time
 
@@ -82,6 +83,18 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, progre
             shutil.rmtree(final)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
+
+
+def git_commit() -> str | None:
+    """The commit of this checkout (provenance for results.json), or None outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def evaluate(model, dataloader, accelerator, task, metric) -> dict[str, float]:
@@ -335,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "layerwise_args": vars(lw_args)},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "accelerate": __import__("accelerate").__version__, "datasets": datasets.__version__,
-                     "hf_layerwise": hf_layerwise.__version__},
+                     "hf_layerwise": hf_layerwise.__version__, "git_commit": git_commit()},
     }
     if args.save_model:
         accelerator.wait_for_everyone()

@@ -67,7 +67,7 @@ def test_results_json_fields(setup, tmp_path):
     assert r["global_batch_size"] == 8 and r["num_processes"] == 1 and r["completed_steps"] == 16
     assert r["layerwise"]["top_k"] == 2 and r["layerwise"]["top_lr_multiplier"] == 5.0
     assert r["train_time_s"] > 0 and r["train_samples_per_second"] > 0 and r["peak_memory_mb"] > 0
-    assert {"torch", "transformers", "hf_layerwise"} <= set(r["versions"])
+    assert {"torch", "transformers", "hf_layerwise", "git_commit"} <= set(r["versions"])
     assert r["seed"] == 5 and len(r["history"]) == 2
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
