@@ -245,12 +245,13 @@ def main(argv: list[str] | None = None) -> dict:
                 running_loss += loss.detach()
                 log_now = accelerator.sync_gradients and (completed_steps + 1) % args.logging_steps == 0
                 if accelerator.sync_gradients:
-                    per_depth = grad_norms() if log_now else None  # pre-clip, only on logged steps
+                    measure = log_now or (monitor is not None and monitor.active)
+                    per_depth = grad_norms() if measure else None  # pre-clip and, under DDP, averaged
                     total_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                                   if cfg.max_grad_norm else None)
                     lrs = lr_by_depth(optimizer) if log_now else None  # the LR this step uses
                     if monitor is not None:
-                        monitor.before_optimizer_step()
+                        monitor.before_optimizer_step(per_depth)
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()

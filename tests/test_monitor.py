@@ -65,6 +65,31 @@ def test_unmonitored_steps_leave_no_hooks(bert):
     assert hooks() == 0 and "health/grad_norm/depth5" in logs and "health/dead_units/depth1" in logs
 
 
+
+def test_given_grad_norms_replace_the_hook_norms(bert):
+    """The recipe passes DepthGradNorms (param.grad after backward: the DDP-averaged gradient) to the monitor."""
+    from hf_layerwise import discover_layers
+    from hf_layerwise.stats import DepthGradNorms
+
+    monitor = HealthMonitor(bert, HealthConfig(every_n_steps=1))
+    optimizer = create_optimizer(bert, LayerwiseConfig(top_k=0), lr=1e-3)
+    batch = {k: torch.stack([RandomPairs(n=4)[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
+    norms = DepthGradNorms(bert, discover_layers(bert))
+    bert.eval()  # no dropout: both backward passes give the same gradients
+    monitor.begin(1)
+    bert(**batch).loss.backward()
+    from_hooks = monitor.end()
+    optimizer.zero_grad()
+    monitor.begin(2)
+    bert(**batch).loss.backward()
+    measured = norms()
+    for depth, value in measured.items():  # one process: hooks and param.grad agree
+        assert from_hooks[f"health/grad_norm/depth{depth}"] == pytest.approx(value, rel=1e-5)
+    monitor.before_optimizer_step({d: 2 * v for d, v in measured.items()})
+    logs = monitor.end(optimizer)
+    for depth, value in measured.items():
+        assert logs[f"health/grad_norm/depth{depth}"] == pytest.approx(2 * value)
+
 class InjectNaN(TrainerCallback):
     def __init__(self, at):
         self.at = at
