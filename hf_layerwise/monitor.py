@@ -117,7 +117,6 @@ class HealthMonitor:
         self._hooks: list[Any] = []
         self._step: int | None = None
         self._grad_sq: dict[int, float] = {}
-        self._grad_override: dict[int, float] | None = None
         self._ever_active: dict[int, torch.Tensor] = {}
         self._before: dict[int, list[torch.Tensor]] | None = None
         self._history: dict[str, dict[int, deque]] = {"grad_norm": {}, "weight_norm": {}}
@@ -170,17 +169,11 @@ class HealthMonitor:
             self._ever_active[depth] = active if seen is None else seen | active
         return hook
 
-    def before_optimizer_step(self, grad_norms: dict[int, float] | None = None) -> None:
+    def before_optimizer_step(self) -> None:
         """Check the gradients are finite and remember the weights the optimizer is about to change (monitored
-        steps only): a NaN gradient stops the run before it reaches the weights.
-
-        ``grad_norms`` (depth -> pre-clip norm, e.g. from :class:`DepthGradNorms` called after ``backward`` and
-        before clipping) replaces the norms the gradient hooks saw. Under DDP the hooks see each rank's own
-        gradient before averaging; norms taken from ``param.grad`` after backward are the averaged ones."""
+        steps only): a NaN gradient stops the run before it reaches the weights."""
         if self._step is None:
             return
-        if grad_norms is not None:
-            self._grad_override = dict(grad_norms)
         with torch.no_grad():
             for depth, params in sorted(self._by_depth.items()):
                 grads = [p.grad for _, p in params if p.grad is not None]
@@ -191,8 +184,12 @@ class HealthMonitor:
                         for d, params in self._by_depth.items()}
 
     def end(self, optimizer: torch.optim.Optimizer | None = None, loss: torch.Tensor | float | None = None,
-            ) -> dict[str, float]:
-        """Finish the step: on monitored steps compute, alarm, record and return the scalars; else ``{}``."""
+            grad_norms: dict[int, float] | None = None) -> dict[str, float]:
+        """Finish the step: on monitored steps compute, alarm, record and return the scalars; else ``{}``.
+
+        ``grad_norms`` (depth -> pre-clip norm, e.g. from :class:`DepthGradNorms` called after ``backward`` and
+        before clipping) replaces the norms the gradient hooks saw. Under DDP the hooks see each rank's own
+        gradient before averaging; norms taken from ``param.grad`` after backward are the averaged ones."""
         if self._step is None:
             return {}
         step, self._step = self._step, None
@@ -206,11 +203,11 @@ class HealthMonitor:
             if not math.isfinite(value):
                 self._nonfinite(step, f"the loss is {value}", "the learning rate is too high or clipping is off")
         grad_sq: dict[int, float] = {}
-        for depth, value in self._grad_sq.values():
-            grad_sq[depth] = grad_sq.get(depth, 0.0) + value
-        if self._grad_override is not None:
-            grad_sq = {depth: norm * norm for depth, norm in self._grad_override.items()}
-            self._grad_override = None
+        if grad_norms is not None:
+            grad_sq = {depth: norm * norm for depth, norm in grad_norms.items()}
+        else:
+            for depth, value in self._grad_sq.values():
+                grad_sq[depth] = grad_sq.get(depth, 0.0) + value
         with torch.no_grad():
             for depth, params in sorted(self._by_depth.items()):
                 weights = [p.detach() for _, p in params]

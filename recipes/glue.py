@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   if cfg.max_grad_norm else None)
                     lrs = lr_by_depth(optimizer) if log_now else None  # the LR this step uses
                     if monitor is not None:
-                        monitor.before_optimizer_step(per_depth)
+                        monitor.before_optimizer_step()
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
             completed_steps += 1
             progress_bar.update(1)
             if monitor is not None and monitor.active:
-                health = monitor.end(optimizer, loss.detach())
+                health = monitor.end(optimizer, loss.detach(), grad_norms=per_depth)
                 if args.report_to != "none":
                     accelerator.log(health, step=completed_steps)
             if log_now:

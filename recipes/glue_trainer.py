@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         write_json_atomic(os.path.join(args.output_dir, "results.json"), results)
         print(f"results: {metrics} -> {os.path.join(args.output_dir, 'results.json')}")
-    if torch.distributed.is_initialized():  # the Trainer leaves it open; gloo can abort a rank at interpreter exit
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
     return results
 
 

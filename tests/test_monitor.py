@@ -9,9 +9,10 @@ from trainer_run import RandomPairs
 from transformers import TrainerCallback, TrainingArguments
 
 from hf_layerwise import (HealthCallback, HealthConfig, HealthMonitor, LayerwiseCallback, LayerwiseConfig,
-                          LayerwiseTrainer, NonFiniteError, create_optimizer)
+                          LayerwiseTrainer, NonFiniteError, create_optimizer, discover_layers)
 from hf_layerwise.__main__ import main as cli
 from hf_layerwise.monitor import HealthAlarm
+from hf_layerwise.stats import DepthGradNorms
 
 
 def _args(tmp_path, **kw):
@@ -65,12 +66,8 @@ def test_unmonitored_steps_leave_no_hooks(bert):
     assert hooks() == 0 and "health/grad_norm/depth5" in logs and "health/dead_units/depth1" in logs
 
 
-
 def test_given_grad_norms_replace_the_hook_norms(bert):
     """The recipe passes DepthGradNorms (param.grad after backward: the DDP-averaged gradient) to the monitor."""
-    from hf_layerwise import discover_layers
-    from hf_layerwise.stats import DepthGradNorms
-
     monitor = HealthMonitor(bert, HealthConfig(every_n_steps=1))
     optimizer = create_optimizer(bert, LayerwiseConfig(top_k=0), lr=1e-3)
     batch = {k: torch.stack([RandomPairs(n=4)[i][k] for i in range(4)]) for k in ("input_ids", "labels")}
@@ -85,10 +82,10 @@ def test_given_grad_norms_replace_the_hook_norms(bert):
     measured = norms()
     for depth, value in measured.items():  # one process: hooks and param.grad agree
         assert from_hooks[f"health/grad_norm/depth{depth}"] == pytest.approx(value, rel=1e-5)
-    monitor.before_optimizer_step({d: 2 * v for d, v in measured.items()})
-    logs = monitor.end(optimizer)
+    logs = monitor.end(optimizer, grad_norms={d: 2 * v for d, v in measured.items()})
     for depth, value in measured.items():
         assert logs[f"health/grad_norm/depth{depth}"] == pytest.approx(2 * value)
+
 
 class InjectNaN(TrainerCallback):
     def __init__(self, at):

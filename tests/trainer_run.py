@@ -72,9 +72,7 @@ def main() -> None:
     rank = int(os.environ.get("RANK", 0))
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     torch.save({"params": state, "log": trainer.state.log_history}, os.path.join(a.out, f"final_rank{rank}.pt"))
-    if torch.distributed.is_initialized():  # left to interpreter exit, gloo's threads can abort a rank (SIGABRT)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    trainer.accelerator.end_training()  # left to interpreter exit, gloo's threads can abort a rank (SIGABRT)
 
 
 if __name__ == "__main__":
