@@ -256,7 +256,29 @@ def glue_average(summary: list[dict]) -> dict[str, float]:
     return {cell: statistics.mean(v.values()) for cell, v in by_cell.items() if len(v) == len(tasks)}
 
 
-def write_markdown(summary: list[dict], path: str) -> None:
+def seed_averages(rows: list[dict]) -> dict[str, dict[int, float]]:
+    """Per cell and seed: the GLUE-style average of that seed's runs, for the seeds that finished every task.
+
+    These per-seed averages are what the "+1.2 GLUE points" claim is about; pairing them by seed with the
+    baseline's gives the difference of the average with a confidence interval (``paired_difference``).
+    """
+    tasks = {r["task"] for r in rows}
+    by_cell: dict[str, dict[int, dict[str, float]]] = {}
+    for r in rows:
+        by_cell.setdefault(r["cell"], {}).setdefault(r["seed"], {})[r["task"]] = r["value"]
+    return {cell: {seed: statistics.mean(v.values()) for seed, v in seeds.items() if len(v) == len(tasks)}
+            for cell, seeds in by_cell.items()}
+
+
+def _diff_text(d: dict | None) -> str:
+    if d is None:
+        return "—"
+    if d["n"] < 2:
+        return f"{100 * d['mean']:+.2f} (n=1)"
+    return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
+
+
+def write_markdown(summary: list[dict], rows: list[dict], path: str) -> None:
     tasks = sorted({s["task"] for s in summary})
     lines = ["# Layer-wise LR ablation summary", "",
              "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
@@ -264,31 +286,32 @@ def write_markdown(summary: list[dict], path: str) -> None:
              "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
              "the statistics.", ""]
     for task in tasks:
-        rows = [s for s in summary if s["task"] == task]
-        lines += [f"## {task} ({rows[0]['metric']})", "",
+        stats = [s for s in summary if s["task"] == task]
+        lines += [f"## {task} ({stats[0]['metric']})", "",
                   "| cell | seeds | mean ± std | median | max | failed | diff to baseline [95% CI] | train time |",
                   "|---|---:|---:|---:|---:|---:|---|---:|"]
-        for s in sorted(rows, key=lambda s: (s["cell"] != BASELINE, s["cell"])):
-            d = s["diff"]
-            if d is None:
-                diff = "—"
-            elif d["n"] < 2:
-                diff = f"{100 * d['mean']:+.2f} (n=1)"
-            else:
-                diff = f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
+        for s in sorted(stats, key=lambda s: (s["cell"] != BASELINE, s["cell"])):
             lines.append(f"| {s['cell']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
-                         f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {diff} | "
+                         f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {_diff_text(s['diff'])} | "
                          f"{_duration(s['train_time_s']) if not math.isnan(s['train_time_s']) else '—'} |")
         lines.append("")
     avg = glue_average(summary)
     if avg:
         header = " | ".join(f"{t}" for t in tasks)
+        per_seed = seed_averages(rows)
         lines += ["## GLUE-style average (mean of each task's main metric)", "",
-                  f"| cell | {header} | average |", "|---|" + "---:|" * (len(tasks) + 1)]
+                  "`average` is the mean of the task means above (cells may differ in seed counts). The last two "
+                  "columns use only the seeds that finished every task: the number of such seeds, and the mean of "
+                  "the seed-paired differences of the per-seed average to `baseline` with its 95% t confidence "
+                  "interval — the comparison a claim of \"+x GLUE points\" is about.", "",
+                  f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] |",
+                  "|---|" + "---:|" * (len(tasks) + 2) + "---|"]
         means = {(s["task"], s["cell"]): s["mean"] for s in summary}
         for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
             cols = " | ".join(f"{100 * means[(t, cell)]:.2f}" for t in tasks)
-            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} |")
+            mine = per_seed.get(cell, {})
+            diff = None if cell == BASELINE else paired_difference(mine, per_seed.get(BASELINE, {}))
+            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -302,28 +325,38 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer.writerows(rows)
 
 
-def plot(rows: list[dict], summary: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str) -> None:
+    """Per task (and for the per-seed GLUE-style average): every seed's score per cell, with mean ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        stats = sorted((s for s in summary if s["task"] == task), key=lambda s: (s["cell"] != BASELINE, s["cell"]))
-        cells = [s["cell"] for s in stats]
-        for x, s in enumerate(stats):
-            values = [100 * r["value"] for r in rows if r["task"] == task and r["cell"] == s["cell"]]
-            jitter = [x + 0.08 * (i - (len(values) - 1) / 2) for i in range(len(values))]
-            ax.scatter(jitter, values, s=18, alpha=0.7, color="tab:red" if s["cell"] == BASELINE else "tab:blue")
-            ax.errorbar(x + 0.3, 100 * s["mean"], yerr=100 * s["std"], fmt="D", color="black", markersize=5,
-                        capsize=3)
-            if s["cell"] == BASELINE:
-                ax.axhline(100 * s["mean"], color="tab:red", linestyle="--", linewidth=1, label="baseline mean")
+    panels = []  # (title, {cell: [values x100]})
+    for task in sorted({r["task"] for r in rows}):
+        metric = next(r["metric"] for r in rows if r["task"] == task)
+        values: dict[str, list[float]] = {}
+        for r in rows:
+            if r["task"] == task:
+                values.setdefault(r["cell"], []).append(100 * r["value"])
+        panels.append((f"{task} ({metric})", values))
+    averages = {cell: [100 * v for v in seeds.values()] for cell, seeds in seed_averages(rows).items() if seeds}
+    if len(panels) > 1 and averages:
+        panels.append(("average (seeds with every task)", averages))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, values) in zip(axes[0], panels):
+        cells = sorted(values, key=lambda c: (c != BASELINE, c))
+        for x, cell in enumerate(cells):
+            v = values[cell]
+            jitter = [x + 0.08 * (i - (len(v) - 1) / 2) for i in range(len(v))]
+            ax.scatter(jitter, v, s=18, alpha=0.7, color="tab:red" if cell == BASELINE else "tab:blue")
+            ax.errorbar(x + 0.3, statistics.mean(v), yerr=statistics.stdev(v) if len(v) > 1 else 0.0, fmt="D",
+                        color="black", markersize=5, capsize=3)
+            if cell == BASELINE:
+                ax.axhline(statistics.mean(v), color="tab:red", linestyle="--", linewidth=1, label="baseline mean")
         ax.set_xticks(range(len(cells)))
         ax.set_xticklabels(cells, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{task} ({stats[0]['metric']})" if stats else task)
+        ax.set_title(title)
         ax.set_ylabel("dev score x100 (dots: seeds; diamond: mean ± std)")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -344,11 +377,11 @@ def report(out: str) -> list[dict]:
             if status.get("status") == "failed":
                 failed_cells.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
     write_csv(rows, os.path.join(out, "summary.csv"))
-    write_markdown(summary, os.path.join(out, "summary.md"))
+    write_markdown(summary, rows, os.path.join(out, "summary.md"))
     if failed_cells:
         with open(os.path.join(out, "summary.md"), "a") as f:
             f.write("\nRuns that crashed (no results; see their status.json): " + ", ".join(sorted(failed_cells)) + "\n")
-    plot(rows, summary, os.path.join(out, "summary.png"))
+    plot(rows, os.path.join(out, "summary.png"))
     print(f"{len(rows)} runs -> {out}/summary.csv, summary.md, summary.png")
     return summary
 

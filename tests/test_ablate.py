@@ -111,6 +111,8 @@ def test_statistics_against_hand_computed_values(tmp_path):
         _fake_run(tmp_path, "rte", "top3x5", seed, t, 0.53, seconds=30.0)
         _fake_run(tmp_path, "cola", "baseline", seed, 0.3, 0.0, metric="matthews_correlation")
         _fake_run(tmp_path, "cola", "top3x5", seed, 0.35, 0.0, metric="matthews_correlation")
+    for cell, value in (("baseline", 0.3), ("top3x5", 0.35)):  # seed 6 has CoLA only: not in the per-seed average
+        _fake_run(tmp_path, "cola", cell, 6, value, 0.0, metric="matthews_correlation")
     summary = {(s["task"], s["cell"]): s for s in ablate.report(str(tmp_path))}
     s = summary[("rte", "top3x5")]
     assert s["n"] == 5 and s["mean"] == pytest.approx(0.582) and s["median"] == pytest.approx(0.59)
@@ -126,5 +128,10 @@ def test_statistics_against_hand_computed_values(tmp_path):
         {"baseline": (0.588 + 0.3) / 2, "top3x5": (0.582 + 0.35) / 2})
     md = (tmp_path / "summary.md").read_text()
     assert "| top3x5 | 5 | 58.20 ± 6.69 | 59.00 | 66.00 | 2 | -0.60 [-10.00, +8.80] (n=5) | 0m30s |" in md
-    assert "| baseline | 30.00 | 58.80 | 44.40 |" in md
+    assert "| baseline | 30.00 | 58.80 | 44.40 | 5 | — |" in md
+    # per-seed averages differ by (rte diff + 0.05) / 2 = 0.04, 0.045, 0.03, 0.04, -0.045: mean 0.022,
+    # sd 0.0378484, half-width 2.7764451 * 0.0378484 / sqrt(5) = 0.0469950
+    assert "| top3x5 | 35.00 | 58.20 | 46.60 | 5 | +2.20 [-2.50, +6.90] (n=5) |" in md
+    averages = ablate.seed_averages(ablate.collect(str(tmp_path)))
+    assert sorted(averages["top3x5"]) == [1, 2, 3, 4, 5] and averages["top3x5"][5] == pytest.approx(0.425)
     assert (tmp_path / "summary.png").stat().st_size > 10_000
