@@ -142,15 +142,18 @@ class HealthMonitor:
     def active(self) -> bool:
         return self._step is not None
 
-    def begin(self, step: int) -> bool:
-        """Start optimizer step ``step`` (1-based); on monitored steps attach the hooks. Returns whether it measures."""
+    def begin(self, step: int, grad_hooks: bool = True) -> bool:
+        """Start optimizer step ``step`` (1-based); on monitored steps attach the hooks. Returns whether it measures.
+
+        ``grad_hooks=False`` when the caller will pass the per-depth gradient norms to :meth:`end` itself
+        (``grad_norms=``): then no gradient hooks are attached and no norm is computed twice."""
         if not self.should_measure(step):
             return False
         self._step = step
         self._grad_sq, self._ever_active = {}, {}
         for depth, params in self._by_depth.items():
             for _, param in params:
-                if param.requires_grad:
+                if grad_hooks and param.requires_grad:
                     self._hooks.append(param.register_post_accumulate_grad_hook(self._grad_hook(depth)))
         for depth, linear in self._ffn.items():
             if linear is not None:

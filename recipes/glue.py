@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
                 break
             unfreezer.update(completed_steps, epoch)
             if monitor is not None and not monitor.active:
-                monitor.begin(completed_steps + 1)
+                monitor.begin(completed_steps + 1, grad_hooks=False)  # norms: per_depth below
             with accelerator.accumulate(model):
                 if loss_weights is None:
                     loss = model(**batch).loss

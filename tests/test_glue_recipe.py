@@ -176,6 +176,8 @@ def test_monitor_flag_writes_health_log_and_report(setup, tmp_path):
     steps = [r for r in records if r["type"] == "step"]
     assert [r["step"] for r in steps] == [4, 8, 12, 16]
     assert all("update_ratio" in r["depths"]["4"] and "loss" in r for r in steps)
+    # the recipe passes its own pre-clip per-depth norms (no gradient hooks): one for every depth
+    assert all(all("grad_norm" in d for d in r["depths"].values()) and len(r["depths"]) == 6 for r in steps)
     assert sum(r["type"] == "weight_histogram" for r in records) == 6
     proc = subprocess.run([sys.executable, "-m", "hf_layerwise", "report", str(tmp_path)], env=ENV,
                           capture_output=True, text=True)

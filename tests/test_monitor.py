@@ -64,6 +64,11 @@ def test_unmonitored_steps_leave_no_hooks(bert):
     bert(**batch).loss.backward()
     logs = monitor.end()
     assert hooks() == 0 and "health/grad_norm/depth5" in logs and "health/dead_units/depth1" in logs
+    assert monitor.begin(10, grad_hooks=False) is True  # the caller passes grad_norms: FFN (forward) hooks only
+    assert hooks() == sum(len(m._forward_hooks) for m in bert.modules()) > 0
+    bert(**batch).loss.backward()
+    logs = monitor.end(grad_norms={5: 1.5})
+    assert hooks() == 0 and logs["health/grad_norm/depth5"] == 1.5 and "health/grad_norm/depth4" not in logs
 
 
 def test_given_grad_norms_replace_the_hook_norms(bert):
