@@ -227,7 +227,8 @@ def paired_difference(values: dict[int, float], base: dict[int, float]) -> dict 
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (task, cell): n, mean, std, median, max, failed runs, time, and the paired difference to baseline."""
+    """Per (task, cell): n, mean, std, median, max, failed runs, median train time, and the paired difference to
+    baseline."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["cell"]), {})[r["seed"]] = r
@@ -241,7 +242,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "task": task, "cell": cell, "metric": next(iter(runs.values()))["metric"], "n": len(v),
             "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
             "median": statistics.median(v), "max": max(v), "failed": sum(r["failed"] for r in runs.values()),
-            "train_time_s": statistics.mean(times) if times else math.nan,
+            "train_time_s": statistics.median(times) if times else math.nan,  # robust to a run slowed by others
             "diff": None if cell == BASELINE else paired_difference(values, base),
         })
     return out
@@ -284,7 +285,7 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str) -> None:
              "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
              "order and head initialisation) with its 95% t confidence interval. A run *fails* when its main metric "
              "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
-             "the statistics.", ""]
+             "the statistics. `train time` is the median wall-clock training time over the seeds.", ""]
     for task in tasks:
         stats = [s for s in summary if s["task"] == task]
         lines += [f"## {task} ({stats[0]['metric']})", "",
@@ -303,15 +304,19 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str) -> None:
                   "`average` is the mean of the task means above (cells may differ in seed counts). The last two "
                   "columns use only the seeds that finished every task: the number of such seeds, and the mean of "
                   "the seed-paired differences of the per-seed average to `baseline` with its 95% t confidence "
-                  "interval — the comparison a claim of \"+x GLUE points\" is about.", "",
-                  f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] |",
-                  "|---|" + "---:|" * (len(tasks) + 2) + "---|"]
+                  "interval — the comparison a claim of \"+x GLUE points\" is about. `train time, all tasks` is "
+                  "the sum of the task rows' median train times.", "",
+                  f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] "
+                  "| train time, all tasks |", "|---|" + "---:|" * (len(tasks) + 2) + "---|---:|"]
         means = {(s["task"], s["cell"]): s["mean"] for s in summary}
+        times = {(s["task"], s["cell"]): s["train_time_s"] for s in summary}
         for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
             cols = " | ".join(f"{100 * means[(t, cell)]:.2f}" for t in tasks)
             mine = per_seed.get(cell, {})
             diff = None if cell == BASELINE else paired_difference(mine, per_seed.get(BASELINE, {}))
-            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} |")
+            total = sum(times[(t, cell)] for t in tasks)  # the sum of each task's mean train time
+            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} | "
+                         f"{_duration(total) if not math.isnan(total) else '—'} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -128,10 +128,10 @@ def test_statistics_against_hand_computed_values(tmp_path):
         {"baseline": (0.588 + 0.3) / 2, "top3x5": (0.582 + 0.35) / 2})
     md = (tmp_path / "summary.md").read_text()
     assert "| top3x5 | 5 | 58.20 ± 6.69 | 59.00 | 66.00 | 2 | -0.60 [-10.00, +8.80] (n=5) | 0m30s |" in md
-    assert "| baseline | 30.00 | 58.80 | 44.40 | 5 | — |" in md
+    assert "| baseline | 30.00 | 58.80 | 44.40 | 5 | — | 2m00s |" in md
     # per-seed averages differ by (rte diff + 0.05) / 2 = 0.04, 0.045, 0.03, 0.04, -0.045: mean 0.022,
     # sd 0.0378484, half-width 2.7764451 * 0.0378484 / sqrt(5) = 0.0469950
-    assert "| top3x5 | 35.00 | 58.20 | 46.60 | 5 | +2.20 [-2.50, +6.90] (n=5) |" in md
+    assert "| top3x5 | 35.00 | 58.20 | 46.60 | 5 | +2.20 [-2.50, +6.90] (n=5) | 1m30s |" in md
     averages = ablate.seed_averages(ablate.collect(str(tmp_path)))
     assert sorted(averages["top3x5"]) == [1, 2, 3, 4, 5] and averages["top3x5"][5] == pytest.approx(0.425)
     assert (tmp_path / "summary.png").stat().st_size > 10_000
