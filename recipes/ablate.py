@@ -226,9 +226,9 @@ def paired_difference(values: dict[int, float], base: dict[int, float]) -> dict 
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs)}
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per (task, cell): n, mean, std, median, max, failed runs, median train time, and the paired difference to
-    baseline."""
+def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
+    """Per (task, cell): n, mean, std, median, max, failed runs, median train time, the paired difference to
+    baseline, and (``vs``) the paired differences to each cell of ``compare_to`` (e.g. a uniform-LR control)."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["cell"]), {})[r["seed"]] = r
@@ -244,6 +244,8 @@ def summarize(rows: list[dict]) -> list[dict]:
             "median": statistics.median(v), "max": max(v), "failed": sum(r["failed"] for r in runs.values()),
             "train_time_s": statistics.median(times) if times else math.nan,  # robust to a run slowed by others
             "diff": None if cell == BASELINE else paired_difference(values, base),
+            "vs": {ref: None if cell == ref else paired_difference(
+                values, {s: r["value"] for s, r in groups.get((task, ref), {}).items()}) for ref in compare_to},
         })
     return out
 
@@ -279,21 +281,25 @@ def _diff_text(d: dict | None) -> str:
     return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
 
 
-def write_markdown(summary: list[dict], rows: list[dict], path: str) -> None:
+def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to: tuple[str, ...] = ()) -> None:
     tasks = sorted({s["task"] for s in summary})
+    vs_header = "".join(f" diff to {ref} [95% CI] |" for ref in compare_to)
     lines = ["# Layer-wise LR ablation summary", "",
              "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
              "order and head initialisation) with its 95% t confidence interval. A run *fails* when its main metric "
              "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
-             "the statistics. `train time` is the median wall-clock training time over the seeds.", ""]
+             "the statistics. `train time` is the median wall-clock training time over the seeds."
+             + (f" `diff to X` columns pair seeds with cell X the same way (here: {', '.join(compare_to)})."
+                if compare_to else ""), ""]
     for task in tasks:
         stats = [s for s in summary if s["task"] == task]
         lines += [f"## {task} ({stats[0]['metric']})", "",
-                  "| cell | seeds | mean ± std | median | max | failed | diff to baseline [95% CI] | train time |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|"]
+                  f"| cell | seeds | mean ± std | median | max | failed | diff to baseline [95% CI] |{vs_header} "
+                  "train time |", "|---|---:|---:|---:|---:|---:|---|" + "---|" * len(compare_to) + "---:|"]
         for s in sorted(stats, key=lambda s: (s["cell"] != BASELINE, s["cell"])):
             lines.append(f"| {s['cell']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
                          f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {_diff_text(s['diff'])} | "
+                         + "".join(f"{_diff_text(s['vs'].get(ref))} | " for ref in compare_to) +
                          f"{_duration(s['train_time_s']) if not math.isnan(s['train_time_s']) else '—'} |")
         lines.append("")
     avg = glue_average(summary)
@@ -301,21 +307,25 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str) -> None:
         header = " | ".join(f"{t}" for t in tasks)
         per_seed = seed_averages(rows)
         lines += ["## GLUE-style average (mean of each task's main metric)", "",
-                  "`average` is the mean of the task means above (cells may differ in seed counts). The last two "
-                  "columns use only the seeds that finished every task: the number of such seeds, and the mean of "
-                  "the seed-paired differences of the per-seed average to `baseline` with its 95% t confidence "
-                  "interval — the comparison a claim of \"+x GLUE points\" is about. `train time, all tasks` is "
+                  "`average` is the mean of the task means above (cells may differ in seed counts). The columns "
+                  "after it use only the seeds that finished every task: the number of such seeds, and the mean of "
+                  "the seed-paired differences of the per-seed average to `baseline` (and to any `diff to X` cell) "
+                  "with its 95% t confidence interval — the comparison a claim of \"+x GLUE points\" is about. "
+                  "`train time, all tasks` is "
                   "the sum of the task rows' median train times.", "",
                   f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] "
-                  "| train time, all tasks |", "|---|" + "---:|" * (len(tasks) + 2) + "---|---:|"]
+                  f"|{vs_header} train time, all tasks |",
+                  "|---|" + "---:|" * (len(tasks) + 2) + "---|" * (1 + len(compare_to)) + "---:|"]
         means = {(s["task"], s["cell"]): s["mean"] for s in summary}
         times = {(s["task"], s["cell"]): s["train_time_s"] for s in summary}
         for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
             cols = " | ".join(f"{100 * means[(t, cell)]:.2f}" for t in tasks)
             mine = per_seed.get(cell, {})
             diff = None if cell == BASELINE else paired_difference(mine, per_seed.get(BASELINE, {}))
-            total = sum(times[(t, cell)] for t in tasks)  # the sum of each task's mean train time
-            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} | "
+            total = sum(times[(t, cell)] for t in tasks)  # the sum of each task's median train time
+            vs = "".join(f"{_diff_text(None if cell == ref else paired_difference(mine, per_seed.get(ref, {})))} | "
+                         for ref in compare_to)
+            lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} | {vs}"
                          f"{_duration(total) if not math.isnan(total) else '—'} |")
         lines.append("")
     with open(path, "w") as f:
@@ -369,11 +379,15 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def report(out: str) -> list[dict]:
+def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
     rows = collect(out)
     if not rows:
         raise SystemExit(f"error: no complete runs (task/cell/seedK/results.json) under {out}")
-    summary = summarize(rows)
+    unknown = sorted(set(compare_to) - {r["cell"] for r in rows})
+    if unknown:
+        raise SystemExit(f"error: --compare_to {', '.join(unknown)}: no such cell under {out}; "
+                         f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
+    summary = summarize(rows, compare_to)
     failed_cells = []
     for root, _, files in os.walk(out):
         if "status.json" in files and "results.json" not in files:
@@ -382,7 +396,7 @@ def report(out: str) -> list[dict]:
             if status.get("status") == "failed":
                 failed_cells.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
     write_csv(rows, os.path.join(out, "summary.csv"))
-    write_markdown(summary, rows, os.path.join(out, "summary.md"))
+    write_markdown(summary, rows, os.path.join(out, "summary.md"), compare_to)
     if failed_cells:
         with open(os.path.join(out, "summary.md"), "a") as f:
             f.write("\nRuns that crashed (no results; see their status.json): " + ", ".join(sorted(failed_cells)) + "\n")
@@ -409,11 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--launcher", default=None, help='e.g. "accelerate launch --num_processes 1"')
     rep = sub.add_parser("report", help="summary.csv / summary.md / summary.png of a sweep folder")
     rep.add_argument("out")
+    rep.add_argument("--compare_to", action="append", default=[],
+                     help="also give seed-paired differences to this cell (repeatable), e.g. a uniform-LR control")
     args, unknown = parser.parse_known_args(argv)
     if args.command == "report":
         if unknown or forwarded:
             parser.error(f"unrecognized arguments: {unknown + forwarded}")
-        report(args.out)
+        report(args.out, tuple(args.compare_to))
         return 0
     return sweep(args, unknown + forwarded)
 

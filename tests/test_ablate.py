@@ -135,3 +135,26 @@ def test_statistics_against_hand_computed_values(tmp_path):
     averages = ablate.seed_averages(ablate.collect(str(tmp_path)))
     assert sorted(averages["top3x5"]) == [1, 2, 3, 4, 5] and averages["top3x5"][5] == pytest.approx(0.425)
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+
+
+def test_paired_differences_to_a_control_cell(tmp_path):
+    # a uniform-LR control beside the layer-wise cell: is the layer-wise gain more than the control's?
+    base, top, control = [0.60, 0.62, 0.58], [0.63, 0.66, 0.59], [0.64, 0.63, 0.61]
+    for seed, (b, t, c) in enumerate(zip(base, top, control), 1):
+        _fake_run(tmp_path, "rte", "baseline", seed, b, 0.5)
+        _fake_run(tmp_path, "rte", "top3x5", seed, t, 0.5)
+        _fake_run(tmp_path, "rte", "uniform-5x", seed, c, 0.5)
+    summary = {s["cell"]: s for s in ablate.report(str(tmp_path), compare_to=("uniform-5x",))}
+    # top3x5 - uniform-5x: -0.01, +0.03, -0.02: mean 0, sd 0.0264575, t(0.975, 2) = 4.3026527
+    half = 4.3026527 * 0.0264575 / math.sqrt(3)
+    d = summary["top3x5"]["vs"]["uniform-5x"]
+    assert (d["mean"], d["low"], d["high"], d["n"]) == pytest.approx((0.0, -half, half, 3), abs=1e-6)
+    assert summary["uniform-5x"]["vs"]["uniform-5x"] is None
+    md = (tmp_path / "summary.md").read_text()
+    assert "| diff to baseline [95% CI] | diff to uniform-5x [95% CI] | train time |" in md
+    # top3x5 - baseline: 0.03, 0.04, 0.01: mean 0.026667, sd 0.0152753, half-width 0.0379462
+    assert f"| +2.67 [-1.13, +6.46] (n=3) | +0.00 [-{100 * half:.2f}, +{100 * half:.2f}] (n=3) | 1m00s |" in md
+    # the average table (one task here) has the control column too, and the control's own cell there is empty
+    assert "| uniform-5x | 62.67 | 62.67 | 3 | +2.67 [-1.13, +6.46] (n=3) | — | 1m00s |" in md
+    with pytest.raises(SystemExit, match="no such cell.*baseline, top3x5, uniform-5x"):
+        ablate.report(str(tmp_path), compare_to=("uniform-1x",))

@@ -21,4 +21,4 @@ $PY recipes/ablate.py run --tasks rte,mrpc,stsb,cola --seeds 1-3 --out results/m
 $PY recipes/ablate.py run --tasks rte,mrpc,stsb,cola --seeds 4-5 --out results/minilm \
     --presets baseline,top3x5,top3x5-freeze --cell uniform-5x="--preset baseline --learning_rate 1e-4" \
     -- "${COMMON[@]}" || true
-$PY recipes/ablate.py report results/minilm
+$PY recipes/ablate.py report results/minilm --compare_to uniform-5x
