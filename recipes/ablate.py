@@ -226,9 +226,21 @@ def paired_difference(values: dict[int, float], base: dict[int, float]) -> dict 
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs)}
 
 
+def time_ratio(times: dict[int, float | None], base_times: dict[int, float | None]) -> float:
+    """The median over seeds of (train time / the baseline's train time of the same seed), nan if no seed pairs.
+
+    Seed-paired because the sweep runs seed-major: the runs of one seed ran close together in time, so the ratio
+    stays meaningful when the machine is faster or slower on another day than the runs of another seed.
+    """
+    ratios = [times[s] / base_times[s] for s in sorted(set(times) & set(base_times))
+              if times[s] is not None and base_times[s]]
+    return statistics.median(ratios) if ratios else math.nan
+
+
 def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
-    """Per (task, cell): n, mean, std, median, max, failed runs, median train time, the paired difference to
-    baseline, and (``vs``) the paired differences to each cell of ``compare_to`` (e.g. a uniform-LR control)."""
+    """Per (task, cell): n, mean, std, median, max, failed runs, median train time and its seed-paired ratio to
+    baseline, the paired difference to baseline, and (``vs``) the paired differences to each cell of
+    ``compare_to`` (e.g. a uniform-LR control)."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["cell"]), {})[r["seed"]] = r
@@ -243,6 +255,8 @@ def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
             "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
             "median": statistics.median(v), "max": max(v), "failed": sum(r["failed"] for r in runs.values()),
             "train_time_s": statistics.median(times) if times else math.nan,  # robust to a run slowed by others
+            "time_ratio": time_ratio({s: r["train_time_s"] for s, r in runs.items()},
+                                     {s: r["train_time_s"] for s, r in groups.get((task, BASELINE), {}).items()}),
             "diff": None if cell == BASELINE else paired_difference(values, base),
             "vs": {ref: None if cell == ref else paired_difference(
                 values, {s: r["value"] for s, r in groups.get((task, ref), {}).items()}) for ref in compare_to},
@@ -259,18 +273,38 @@ def glue_average(summary: list[dict]) -> dict[str, float]:
     return {cell: statistics.mean(v.values()) for cell, v in by_cell.items() if len(v) == len(tasks)}
 
 
+def _complete_seeds(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    """Per cell and seed: that seed's runs, for the seeds that finished every task."""
+    tasks = {r["task"] for r in rows}
+    by_cell: dict[str, dict[int, dict[str, dict]]] = {}
+    for r in rows:
+        by_cell.setdefault(r["cell"], {}).setdefault(r["seed"], {})[r["task"]] = r
+    return {cell: {seed: list(v.values()) for seed, v in seeds.items() if len(v) == len(tasks)}
+            for cell, seeds in by_cell.items()}
+
+
 def seed_averages(rows: list[dict]) -> dict[str, dict[int, float]]:
     """Per cell and seed: the GLUE-style average of that seed's runs, for the seeds that finished every task.
 
     These per-seed averages are what the "+1.2 GLUE points" claim is about; pairing them by seed with the
     baseline's gives the difference of the average with a confidence interval (``paired_difference``).
     """
-    tasks = {r["task"] for r in rows}
-    by_cell: dict[str, dict[int, dict[str, float]]] = {}
-    for r in rows:
-        by_cell.setdefault(r["cell"], {}).setdefault(r["seed"], {})[r["task"]] = r["value"]
-    return {cell: {seed: statistics.mean(v.values()) for seed, v in seeds.items() if len(v) == len(tasks)}
-            for cell, seeds in by_cell.items()}
+    return {cell: {seed: statistics.mean(r["value"] for r in runs) for seed, runs in seeds.items()}
+            for cell, seeds in _complete_seeds(rows).items()}
+
+
+def all_tasks_time_ratio(summary: list[dict], cell: str) -> float:
+    """The cell's train time for all tasks as a fraction of the baseline's: its per-task seed-paired ratios,
+    weighted by the baseline's median train time on each task (nan if a task lacks either)."""
+    base = {s["task"]: s["train_time_s"] for s in summary if s["cell"] == BASELINE}
+    ratio = {s["task"]: s["time_ratio"] for s in summary if s["cell"] == cell}
+    if not base or set(ratio) != set(base):
+        return math.nan
+    return sum(ratio[t] * base[t] for t in base) / sum(base.values())
+
+
+def _ratio_text(ratio: float) -> str:
+    return "—" if math.isnan(ratio) else f"{ratio:.2f}"
 
 
 def _diff_text(d: dict | None) -> str:
@@ -288,19 +322,23 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
              "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
              "order and head initialisation) with its 95% t confidence interval. A run *fails* when its main metric "
              "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
-             "the statistics. `train time` is the median wall-clock training time over the seeds."
+             "the statistics. `train time` is the median wall-clock training time over the seeds; `time vs baseline` "
+             "the median over seeds of its ratio to the baseline's time with the same seed (runs of one seed ran "
+             "close together, so the ratio holds when the machine's speed changed between seeds)."
              + (f" `diff to X` columns pair seeds with cell X the same way (here: {', '.join(compare_to)})."
                 if compare_to else ""), ""]
     for task in tasks:
         stats = [s for s in summary if s["task"] == task]
         lines += [f"## {task} ({stats[0]['metric']})", "",
                   f"| cell | seeds | mean ± std | median | max | failed | diff to baseline [95% CI] |{vs_header} "
-                  "train time |", "|---|---:|---:|---:|---:|---:|---|" + "---|" * len(compare_to) + "---:|"]
+                  "train time | time vs baseline |",
+                  "|---|---:|---:|---:|---:|---:|---|" + "---|" * len(compare_to) + "---:|---:|"]
         for s in sorted(stats, key=lambda s: (s["cell"] != BASELINE, s["cell"])):
             lines.append(f"| {s['cell']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
                          f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {_diff_text(s['diff'])} | "
                          + "".join(f"{_diff_text(s['vs'].get(ref))} | " for ref in compare_to) +
-                         f"{_duration(s['train_time_s']) if not math.isnan(s['train_time_s']) else '—'} |")
+                         f"{_duration(s['train_time_s']) if not math.isnan(s['train_time_s']) else '—'} | "
+                         f"{_ratio_text(s['time_ratio'])} |")
         lines.append("")
     avg = glue_average(summary)
     if avg:
@@ -312,10 +350,12 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
                   "the seed-paired differences of the per-seed average to `baseline` (and to any `diff to X` cell) "
                   "with its 95% t confidence interval — the comparison a claim of \"+x GLUE points\" is about. "
                   "`train time, all tasks` is "
-                  "the sum of the task rows' median train times.", "",
+                  "the sum of the task rows' median train times; `time vs baseline` the mean of the task rows' `time vs "
+                  "baseline` weighted by the baseline's median train time per task (the time for all tasks, as a "
+                  "fraction of the baseline's, from per-task ratios that are robust to one slowed run).", "",
                   f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] "
-                  f"|{vs_header} train time, all tasks |",
-                  "|---|" + "---:|" * (len(tasks) + 2) + "---|" * (1 + len(compare_to)) + "---:|"]
+                  f"|{vs_header} train time, all tasks | time vs baseline |",
+                  "|---|" + "---:|" * (len(tasks) + 2) + "---|" * (1 + len(compare_to)) + "---:|---:|"]
         means = {(s["task"], s["cell"]): s["mean"] for s in summary}
         times = {(s["task"], s["cell"]): s["train_time_s"] for s in summary}
         for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
@@ -326,7 +366,8 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
             vs = "".join(f"{_diff_text(None if cell == ref else paired_difference(mine, per_seed.get(ref, {})))} | "
                          for ref in compare_to)
             lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} | {vs}"
-                         f"{_duration(total) if not math.isnan(total) else '—'} |")
+                         f"{_duration(total) if not math.isnan(total) else '—'} | "
+                         f"{_ratio_text(all_tasks_time_ratio(summary, cell))} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))

@@ -127,11 +127,12 @@ def test_statistics_against_hand_computed_values(tmp_path):
     assert ablate.glue_average(list(summary.values())) == pytest.approx(
         {"baseline": (0.588 + 0.3) / 2, "top3x5": (0.582 + 0.35) / 2})
     md = (tmp_path / "summary.md").read_text()
-    assert "| top3x5 | 5 | 58.20 ± 6.69 | 59.00 | 66.00 | 2 | -0.60 [-10.00, +8.80] (n=5) | 0m30s |" in md
-    assert "| baseline | 30.00 | 58.80 | 44.40 | 5 | — | 2m00s |" in md
+    assert "| top3x5 | 5 | 58.20 ± 6.69 | 59.00 | 66.00 | 2 | -0.60 [-10.00, +8.80] (n=5) | 0m30s | 0.50 |" in md
+    assert "| baseline | 30.00 | 58.80 | 44.40 | 5 | — | 2m00s | 1.00 |" in md
     # per-seed averages differ by (rte diff + 0.05) / 2 = 0.04, 0.045, 0.03, 0.04, -0.045: mean 0.022,
     # sd 0.0378484, half-width 2.7764451 * 0.0378484 / sqrt(5) = 0.0469950
-    assert "| top3x5 | 35.00 | 58.20 | 46.60 | 5 | +2.20 [-2.50, +6.90] (n=5) | 1m30s |" in md
+    # all tasks: RTE at 0.5 and CoLA at 1.0 of the baseline's time, both 60 s for the baseline: 0.75
+    assert "| top3x5 | 35.00 | 58.20 | 46.60 | 5 | +2.20 [-2.50, +6.90] (n=5) | 1m30s | 0.75 |" in md
     averages = ablate.seed_averages(ablate.collect(str(tmp_path)))
     assert sorted(averages["top3x5"]) == [1, 2, 3, 4, 5] and averages["top3x5"][5] == pytest.approx(0.425)
     assert (tmp_path / "summary.png").stat().st_size > 10_000
@@ -153,8 +154,22 @@ def test_paired_differences_to_a_control_cell(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert "| diff to baseline [95% CI] | diff to uniform-5x [95% CI] | train time |" in md
     # top3x5 - baseline: 0.03, 0.04, 0.01: mean 0.026667, sd 0.0152753, half-width 0.0379462
-    assert f"| +2.67 [-1.13, +6.46] (n=3) | +0.00 [-{100 * half:.2f}, +{100 * half:.2f}] (n=3) | 1m00s |" in md
+    assert f"| +2.67 [-1.13, +6.46] (n=3) | +0.00 [-{100 * half:.2f}, +{100 * half:.2f}] (n=3) | 1m00s | 1.00 |" in md
     # the average table (one task here) has the control column too, and the control's own cell there is empty
-    assert "| uniform-5x | 62.67 | 62.67 | 3 | +2.67 [-1.13, +6.46] (n=3) | — | 1m00s |" in md
+    assert "| uniform-5x | 62.67 | 62.67 | 3 | +2.67 [-1.13, +6.46] (n=3) | — | 1m00s | 1.00 |" in md
     with pytest.raises(SystemExit, match="no such cell.*baseline, top3x5, uniform-5x"):
         ablate.report(str(tmp_path), compare_to=("uniform-1x",))
+
+
+def test_time_ratio_is_seed_paired(tmp_path):
+    # the machine got 3x slower between seeds 2 and 3; the frozen cell has only finished seed 3 so far
+    for seed, seconds in ((1, 60.0), (2, 60.0), (3, 180.0)):
+        _fake_run(tmp_path, "rte", "baseline", seed, 0.6, 0.5, seconds=seconds)
+    _fake_run(tmp_path, "rte", "top3x5-freeze", 3, 0.6, 0.5, seconds=120.0)
+    summary = {s["cell"]: s for s in ablate.report(str(tmp_path))}
+    s = summary["top3x5-freeze"]
+    # unpaired medians would say 120 / 60 = 2.0 (slower); paired with seed 3's baseline it is 120 / 180
+    assert s["train_time_s"] == 120.0 and s["time_ratio"] == pytest.approx(2 / 3)
+    assert summary["baseline"]["time_ratio"] == 1.0
+    assert math.isnan(ablate.time_ratio({1: 10.0}, {2: 10.0}))  # no seed in common
+    assert "| 2m00s | 0.67 |" in (tmp_path / "summary.md").read_text()
