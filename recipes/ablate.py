@@ -315,7 +315,20 @@ def _diff_text(d: dict | None) -> str:
     return f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] (n={d['n']})"
 
 
-def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to: tuple[str, ...] = ()) -> None:
+def crashed_cells(out: str) -> list[str]:
+    """The `task/cell/seedK` of runs recorded as failed (status.json, no results.json) under `out`."""
+    crashed = []
+    for root, _, files in os.walk(out):
+        if "status.json" in files and "results.json" not in files:
+            with open(os.path.join(root, "status.json")) as f:
+                status = json.load(f)
+            if status.get("status") == "failed":
+                crashed.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
+    return sorted(crashed)
+
+
+def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to: tuple[str, ...] = (),
+                   crashed: list[str] = ()) -> None:
     tasks = sorted({s["task"] for s in summary})
     vs_header = "".join(f" diff to {ref} [95% CI] |" for ref in compare_to)
     lines = ["# Layer-wise LR ablation summary", "",
@@ -369,6 +382,8 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
                          f"{_duration(total) if not math.isnan(total) else '—'} | "
                          f"{_ratio_text(all_tasks_time_ratio(summary, cell))} |")
         lines.append("")
+    if crashed:
+        lines += ["Runs that crashed (no results; see their status.json): " + ", ".join(crashed), ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -429,18 +444,8 @@ def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
         raise SystemExit(f"error: --compare_to {', '.join(unknown)}: no such cell under {out}; "
                          f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
     summary = summarize(rows, compare_to)
-    failed_cells = []
-    for root, _, files in os.walk(out):
-        if "status.json" in files and "results.json" not in files:
-            with open(os.path.join(root, "status.json")) as f:
-                status = json.load(f)
-            if status.get("status") == "failed":
-                failed_cells.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
     write_csv(rows, os.path.join(out, "summary.csv"))
-    write_markdown(summary, rows, os.path.join(out, "summary.md"), compare_to)
-    if failed_cells:
-        with open(os.path.join(out, "summary.md"), "a") as f:
-            f.write("\nRuns that crashed (no results; see their status.json): " + ", ".join(sorted(failed_cells)) + "\n")
+    write_markdown(summary, rows, os.path.join(out, "summary.md"), compare_to, crashed_cells(out))
     plot(rows, os.path.join(out, "summary.png"))
     print(f"{len(rows)} runs -> {out}/summary.csv, summary.md, summary.png")
     return summary

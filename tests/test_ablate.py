@@ -180,3 +180,19 @@ def test_time_ratio_is_seed_paired(tmp_path):
     assert summary["baseline"]["time_ratio"] == 1.0
     assert math.isnan(ablate.time_ratio({1: 10.0}, {2: 10.0}))  # no seed in common
     assert "| 2m00s | 0.67 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_crashed_runs_are_listed_under_the_tables(tmp_path):
+    _fake_run(tmp_path, "rte", "baseline", 1, 0.6, 0.5)
+    crashed = tmp_path / "rte" / "top3x5" / "seed1"
+    crashed.mkdir(parents=True)
+    (crashed / "status.json").write_text(json.dumps({"task": "rte", "cell": "top3x5", "seed": 1, "status": "failed",
+                                                     "error": "RuntimeError: boom"}))
+    running = tmp_path / "rte" / "top3x5" / "seed2"  # a run still going is not a crash
+    running.mkdir(parents=True)
+    (running / "status.json").write_text(json.dumps({"task": "rte", "cell": "top3x5", "seed": 2, "status": "running"}))
+    assert ablate.crashed_cells(str(tmp_path)) == ["rte/top3x5/seed1"]
+    ablate.report(str(tmp_path))
+    md = (tmp_path / "summary.md").read_text()
+    assert md.endswith("| baseline | 60.00 | 60.00 | 1 | — | 1m00s | 1.00 |\n\n"
+                       "Runs that crashed (no results; see their status.json): rte/top3x5/seed1\n")
