@@ -435,7 +435,8 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
+def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """summary.csv and summary.md of the runs under `out`, written into `dest`; returns (rows, summary)."""
     rows = collect(out)
     if not rows:
         raise SystemExit(f"error: no complete runs (task/cell/seedK/results.json) under {out}")
@@ -444,8 +445,13 @@ def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
         raise SystemExit(f"error: --compare_to {', '.join(unknown)}: no such cell under {out}; "
                          f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
     summary = summarize(rows, compare_to)
-    write_csv(rows, os.path.join(out, "summary.csv"))
-    write_markdown(summary, rows, os.path.join(out, "summary.md"), compare_to, crashed_cells(out))
+    write_csv(rows, os.path.join(dest, "summary.csv"))
+    write_markdown(summary, rows, os.path.join(dest, "summary.md"), compare_to, crashed_cells(out))
+    return rows, summary
+
+
+def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
+    rows, summary = write_tables(out, out, compare_to)
     plot(rows, os.path.join(out, "summary.png"))
     print(f"{len(rows)} runs -> {out}/summary.csv, summary.md, summary.png")
     return summary
