@@ -22,7 +22,7 @@ def make_model_dir(path: str, seed: int = 0, layers: int = 4, dropout: float = 0
     T.BertTokenizerFast(vocab_file=vocab).save_pretrained(path)
     torch.manual_seed(seed)
     config = T.BertConfig(vocab_size=len(SPECIAL) + len(WORDS) + 3, hidden_size=32, num_hidden_layers=layers,
-                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
                           hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     T.BertModel(config).save_pretrained(path)
     return path
@@ -49,7 +49,7 @@ def _rows(task: str, n: int, rng: random.Random) -> tuple[list[str] | None, list
             rows.append([str(y), str(1000 + i), str(2000 + i), s1, '" ' + s2])  # stray quote, as in the real files
         elif task == "stsb":
             rows.append([str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none", s1, s2,
-                         f"{(5.0 if y else 0.0) + rng.random():.3f}"])
+                         f"{(4.0 if y else 0.0) + rng.random():.3f}"])
         elif task == "qqp":
             rows.append([str(i), str(2 * i), str(2 * i + 1), s1, s2, str(y)])
         elif task == "mnli":

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import datasets
+
+from ..errors import UsageError
 
 __all__ = ["GlueTask", "TASKS", "get_task", "load_glue", "read_glue_tsv", "read_table", "GlueDataError"]
 
 HUB_DATASET = "nyu-mll/glue"
 
 
-class GlueDataError(ValueError):
-    """A data file is missing or malformed; the message names the file (and line)."""
+class GlueDataError(UsageError):
+    """A data file is missing, empty or malformed, or a label is invalid; the message names the file (and line)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class GlueTask:
 
     ``tsv_columns`` maps each hub column to the TSV column holding it (a header name, or a
     position for header-less CoLA). ``label_names`` are the hub's ClassLabel names, so label ids
-    are the same on every path; ``None`` for the STS-B regression.
+    are the same on every path; ``None`` for the STS-B regression, whose scores lie in ``score_range``.
     """
 
     name: str
@@ -44,6 +48,7 @@ class GlueTask:
     tsv_columns: dict[str, str | int]
     tsv_header: bool = True
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train.tsv", "validation": "dev.tsv"})
+    score_range: tuple[float, float] | None = None
 
     @property
     def is_regression(self) -> bool:
@@ -69,7 +74,7 @@ TASKS: dict[str, GlueTask] = {
         GlueTask("mrpc", "MRPC", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), "f1",
                  {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality"}),
         GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), None, "spearmanr",
-                 {"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"}),
+                 {"sentence1": "sentence1", "sentence2": "sentence2", "label": "score"}, score_range=(0.0, 5.0)),
         GlueTask("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"), "f1",
                  {"question1": "question1", "question2": "question2", "label": "is_duplicate"}),
         GlueTask("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"), "accuracy",
@@ -100,34 +105,57 @@ def get_task(name: str) -> GlueTask:
 
 def _label(task: GlueTask, value: str, where: str) -> int | float:
     value = value.strip()
+    if task.is_regression:
+        low, high = task.score_range or (-math.inf, math.inf)
+        try:
+            score = float(value)
+        except ValueError:
+            score = math.nan
+        if math.isfinite(score) and low <= score <= high:
+            return score
+        raise GlueDataError(f"{where}: label {value!r} is not a {task.name} score: expected a finite number in "
+                            f"[{low:g}, {high:g}]")
+    if value in task.label_names:
+        return task.label_names.index(value)
+    if value.isdigit() and int(value) < task.num_labels:
+        return int(value)
+    raise GlueDataError(f"{where}: label {value!r} is not one of {list(task.label_names)} or "
+                        f"0..{task.num_labels - 1}")
+
+
+def _rows(path: str, reader: Iterator, line: Callable[[], int]) -> Iterator:
+    """The rows of a csv reader, with unreadable bytes (a binary file, NUL bytes) reported as ``GlueDataError``."""
     try:
-        if task.is_regression:
-            return float(value)
-        if value in task.label_names:
-            return task.label_names.index(value)
-        number = int(value)
-        if 0 <= number < task.num_labels:
-            return number
-    except ValueError:
-        pass
-    expected = "a number" if task.is_regression else f"one of {list(task.label_names)} or 0..{task.num_labels - 1}"
-    raise GlueDataError(f"{where}: label {value!r} is not {expected}")
+        yield from reader
+    except UnicodeDecodeError as err:
+        raise GlueDataError(f"{path}: not a UTF-8 text file (byte {err.start} of a block cannot be decoded: "
+                            f"{err.reason}); expected a tab-separated GLUE file") from None
+    except csv.Error as err:
+        raise GlueDataError(f"{path}:{line() + 1}: unreadable row ({err}); is this a text file?") from None
+
+
+def _check_not_empty(columns: dict[str, list], path: str) -> dict[str, list]:
+    if not columns["idx"]:
+        raise GlueDataError(f"{path}: no examples (the file is empty or holds only a header)")
+    return columns
 
 
 def read_glue_tsv(task: GlueTask, path: str) -> dict[str, list]:
     """Read one original GLUE TSV file into hub columns (``idx``, text keys, ``label``).
 
     Raises:
-        GlueDataError: missing file, missing column, a row with the wrong number of fields or an
-            unknown label -- naming the file and line.
+        GlueDataError: missing, empty or non-text file, missing column, a row with the wrong number
+            of fields, or an invalid label (unknown class, NaN/inf, a score out of range) -- naming
+            the file and line.
     """
     if not os.path.isfile(path):
         raise GlueDataError(f"{path}: file not found (expected the original GLUE layout {task.dir_name}/...)")
     columns: dict[str, list] = {"idx": [], **{k: [] for k in task.text_keys}, "label": []}
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: MRPC starts with a BOM
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        rows = _rows(path, reader, lambda: reader.line_num)
         if task.tsv_header:
-            header = next(reader, None)
+            header = next(rows, None)
             if header is None:
                 raise GlueDataError(f"{path}: empty file")
             missing = [c for c in task.tsv_columns.values() if c not in header]
@@ -138,7 +166,7 @@ def read_glue_tsv(task: GlueTask, path: str) -> dict[str, list]:
         else:
             position = dict(task.tsv_columns)
             width = None
-        for row in reader:
+        for row in rows:
             where = f"{path}:{reader.line_num}"
             if width is None:
                 width = len(row)
@@ -151,7 +179,7 @@ def read_glue_tsv(task: GlueTask, path: str) -> dict[str, list]:
             for key in task.text_keys:
                 columns[key].append(row[position[key]])
             columns["label"].append(_label(task, row[position["label"]], where))
-    return columns
+    return _check_not_empty(columns, path)
 
 
 def read_table(task: GlueTask, path: str) -> dict[str, list]:
@@ -166,13 +194,16 @@ def read_table(task: GlueTask, path: str) -> dict[str, list]:
     if ext in (".csv", ".tsv"):
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
-            for row in reader:
+            for row in _rows(path, reader, lambda: reader.line_num):
                 if None in row or None in row.values():
                     raise GlueDataError(f"{path}:{reader.line_num}: wrong number of fields")
                 rows.append((f"{path}:{reader.line_num}", row))
     elif ext in (".json", ".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as err:
+            raise GlueDataError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})") from None
         try:
             if text.lstrip().startswith("["):
                 rows = [(f"{path}: record {i + 1}", r) for i, r in enumerate(json.loads(text))]
@@ -180,6 +211,9 @@ def read_table(task: GlueTask, path: str) -> dict[str, list]:
                 rows = [(f"{path}:{i + 1}", json.loads(line)) for i, line in enumerate(text.splitlines()) if line.strip()]
         except json.JSONDecodeError as err:
             raise GlueDataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+        if not all(isinstance(row, dict) for _, row in rows):
+            where = next(w for w, row in rows if not isinstance(row, dict))
+            raise GlueDataError(f"{where}: expected a JSON object with the columns {[*task.text_keys, 'label']}")
     else:
         raise GlueDataError(f"{path}: unsupported file type {ext!r}; use .csv, .tsv, .json or .jsonl")
     columns: dict[str, list] = {"idx": [], **{k: [] for k in task.text_keys}, "label": []}
@@ -188,11 +222,14 @@ def read_table(task: GlueTask, path: str) -> dict[str, list]:
         if missing:
             raise GlueDataError(f"{where}: missing column(s) {missing} (task {task.name} needs "
                                 f"{[*task.text_keys, 'label']}); found {sorted(row)}")
-        columns["idx"].append(int(row.get("idx", len(columns["idx"]))))
+        try:
+            columns["idx"].append(int(row.get("idx", len(columns["idx"]))))
+        except (TypeError, ValueError):
+            raise GlueDataError(f"{where}: idx {row['idx']!r} is not an integer") from None
         for key in task.text_keys:
             columns[key].append(str(row[key]))
         columns["label"].append(_label(task, str(row["label"]), where))
-    return columns
+    return _check_not_empty(columns, path)
 
 
 def _features(task: GlueTask) -> datasets.Features:
@@ -237,4 +274,7 @@ def load_glue(
             "Offline, pass --data_dir with the original GLUE TSV folders (e.g. ../shared/glue) or "
             "--train_file/--validation_file."
         ) from err
+    for split in task.splits:
+        if raw[split].num_rows == 0:
+            raise GlueDataError(f"{HUB_DATASET}/{task.name}: the {split} split has no examples")
     return datasets.DatasetDict({s: raw[s].cast(features) for s in task.splits})
