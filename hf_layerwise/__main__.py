@@ -10,13 +10,15 @@ model folder or a hub name (offline, a local folder).
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from collections.abc import Sequence
+from typing import NoReturn
 
 from torch import nn
 from transformers import HfArgumentParser
 
 from .config import LayerwiseArguments, LayerwiseConfig
+from .errors import DEBUG_ENV, UsageError, one_line, run_cli, usage_errors
 from .layers import discover_layers
 from .optimizer import no_weight_decay_names
 
@@ -61,41 +63,60 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig) -> str:
 def _load(model_name: str, num_labels: int) -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=num_labels)
+    if not os.path.isdir(model_name) and (os.path.isabs(model_name) or model_name.startswith((".", "~"))):
+        raise UsageError(f"{model_name}: no such model folder")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the table is the output; no load report for a head describe adds itself
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(model_name, num_labels=num_labels)
+    except Exception as err:  # missing config/weights, offline hub name, unsupported architecture
+        raise UsageError(f"{model_name}: cannot load the model: {one_line(err)[:300]}") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    top = argparse.ArgumentParser(prog="python -m hf_layerwise", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = top.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see --help)")
+
+
+def _main(argv: list[str]) -> int:
+    top = _Parser(prog="python -m hf_layerwise", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
     describe = sub.add_parser("describe", help="show the depth table of a model under a layer-wise config")
     describe.add_argument("model", help="local model folder or hub name")
     describe.add_argument("--num-labels", type=int, default=2)
     report = sub.add_parser("report", help="plots and an HTML page from a run's health.jsonl")
     report.add_argument("run_dir")
+    for parser in (describe, report):
+        parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or {DEBUG_ENV}=1)")
     if not argv or argv[0] not in ("describe", "report"):
-        top.parse_args(argv)  # prints usage / error
-        return 2
+        top.parse_args(argv)  # --help, or an error naming the commands
     if argv[0] == "report":
         from .report import render_report
 
         args = top.parse_args(argv)
-        try:
+        with usage_errors(args.run_dir):
             print(render_report(args.run_dir))
-        except (OSError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
         return 0
     known, rest = describe.parse_known_args(argv[1:])
-    (layerwise,) = HfArgumentParser(LayerwiseArguments).parse_args_into_dataclasses(rest)
+    if known.num_labels < 1:
+        raise UsageError(f"--num-labels {known.num_labels}: must be >= 1")
     try:
+        (layerwise,) = HfArgumentParser(LayerwiseArguments).parse_args_into_dataclasses(rest)
+    except ValueError as err:
+        raise UsageError(f"{one_line(err)} (see python -m hf_layerwise describe --help)") from None
+    with usage_errors("layer-wise options"):
         cfg = layerwise.to_config()
-        print(describe_table(_load(known.model, known.num_labels), cfg))
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    model = _load(known.model, known.num_labels)
+    with usage_errors(known.model):
+        print(describe_table(model, cfg))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hf_layerwise``: errors print one ``error: ...`` line (exit 2 for bad usage, 1 for a failure)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ def test_describe_local_folder(tmp_path, capsys):
 
 def test_describe_errors_are_clear(tmp_path, capsys):
     tiny_model("bert").save_pretrained(tmp_path / "m")
-    assert main(["describe", str(tmp_path / "m"), "--top-k", "9"]) == 1
+    assert main(["describe", str(tmp_path / "m"), "--top-k", "9"]) == 2
     assert "top_k=9 is larger than the model's 4 encoder blocks" in capsys.readouterr().err
-    assert main(["describe", str(tmp_path / "m"), "--preset", "nope"]) == 1
+    assert main(["describe", str(tmp_path / "m"), "--preset", "nope"]) == 2
     assert "known presets" in capsys.readouterr().err
 
 
