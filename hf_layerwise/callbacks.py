@@ -27,7 +27,7 @@ from .config import LayerwiseConfig
 from .freezing import GradualUnfreezer
 from .layers import LayerMap, discover_layers
 from .monitor import HealthConfig, HealthMonitor
-from .optimizer import param_groups
+from .optimizer import create_optimizer, param_groups
 from .stats import DepthGradNorms, flat_logs, lr_by_depth, scale_to_preclip
 
 __all__ = ["LayerwiseCallback", "HealthCallback", "LayerwiseTrainerMixin", "LayerwiseTrainer", "check_training_setup"]
@@ -118,11 +118,12 @@ class LayerwiseCallback(TrainerCallback):
             warnings.warn(f"LayerwiseTrainer builds torch.optim.AdamW; TrainingArguments.optim={optim} is ignored",
                           stacklevel=2)
         self._bind(model)
+        optimizer = create_optimizer(model, self.cfg, args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                     eps=args.adam_epsilon, layers=self.layers,
+                                     stage=self.cfg.stage_at(state.global_step, _epoch_index(state)),
+                                     fused=True if optim == "adamw_torch_fused" else None)  # as the Trainer does
         self.unfreezer.update(state.global_step, _epoch_index(state))
-        groups = param_groups(model, self.cfg, args.learning_rate, layers=self.layers)
-        fused = True if optim == "adamw_torch_fused" else None  # what the Trainer's own handler does
-        return torch.optim.AdamW(groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                 eps=args.adam_epsilon, fused=fused)
+        return optimizer
 
     def add_step_logs(self, logs: dict[str, float]) -> None:
         """Add the per-depth figures measured for this logging step to ``logs`` (in place)."""

@@ -131,20 +131,25 @@ def create_optimizer(
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    layers: LayerMap | None = None,
+    stage: int = 0,
     **adamw_kwargs: Any,
 ) -> torch.optim.AdamW:
-    """A ready ``torch.optim.AdamW`` with layer-wise groups; also freezes what ``cfg`` freezes at the start.
+    """A ready ``torch.optim.AdamW`` with layer-wise groups; also freezes what ``cfg`` freezes at ``stage``.
 
-    Frozen parameters get ``requires_grad=False`` (so backward stops at the first trainable
-    block). With gradual unfreezing, the groups of later stages are already in the optimizer and
-    simply receive no gradient until :class:`~hf_layerwise.GradualUnfreezer` unfreezes them.
+    The one route to the layer-wise AdamW: accelerate loops call it directly, ``LayerwiseTrainer`` through
+    :meth:`~hf_layerwise.LayerwiseCallback.build_optimizer`. Frozen parameters get ``requires_grad=False`` (so
+    backward stops at the first trainable block). With gradual unfreezing, the groups of later stages are already
+    in the optimizer and simply receive no gradient until :class:`~hf_layerwise.GradualUnfreezer` unfreezes them;
+    ``stage`` is the gradual-unfreezing stage to start at (a resumed run's). ``adamw_kwargs`` go to AdamW
+    (``fused=True`` on CUDA, for instance).
 
     Example:
         >>> opt = create_optimizer(model, LayerwiseConfig(freeze_below=3), lr=2e-5)   # doctest: +SKIP
         >>> opt.param_groups[0]["name"]
         'depth4.decay'
     """
-    layers = discover_layers(model)
+    layers = layers or discover_layers(model)
     groups = param_groups(model, cfg, lr, layers=layers)
-    set_stage(model, cfg, layers, stage=0)
+    set_stage(model, cfg, layers, stage=stage)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs)

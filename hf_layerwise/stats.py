@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -11,7 +10,7 @@ from torch import nn
 
 from .layers import LayerMap
 
-__all__ = ["DepthGradNorms", "lr_by_depth", "scale_to_preclip", "flat_logs", "trainable_parameters"]
+__all__ = ["DepthGradNorms", "lr_by_depth", "scale_to_preclip", "flat_logs"]
 
 
 def lr_by_depth(optimizer: torch.optim.Optimizer) -> dict[int, float]:
@@ -80,7 +79,3 @@ def scale_to_preclip(per_depth: dict[int, float], preclip_total: float | None) -
 
 def flat_logs(prefix: str, values: dict[int, Any]) -> dict[str, Any]:
     return {f"{prefix}/depth{d}": v for d, v in values.items()}
-
-
-def trainable_parameters(params: Iterable[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params if p.requires_grad)
