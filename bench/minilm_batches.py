@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_layerwise.glue import load_glue, get_task  # noqa: E402
-from hf_layerwise.glue.training import tokenize_glue  # noqa: E402
+from hf_layerwise.glue.features import tokenize_glue  # noqa: E402
 
 GLUE_DIR = os.environ.get("GLUE_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "glue"))
 

@@ -32,13 +32,33 @@ from torch import nn
 from .layers import LayerMap, discover_layers
 from .stats import lr_by_depth
 
-__all__ = ["HealthConfig", "HealthMonitor", "NonFiniteError", "HealthAlarm"]
+__all__ = ["HealthConfig", "HealthMonitor", "NonFiniteError", "HealthAlarm", "check_finite_parameters"]
 
 logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
     """A loss, weight or gradient became NaN/inf; the run stops before the value is saved."""
+
+
+def check_finite_parameters(model: nn.Module, step: int) -> None:
+    """Raise :class:`NonFiniteError` naming the first parameter that holds a NaN/inf (call before saving weights).
+
+    One host synchronisation for the whole model. Needs no monitor, so a run without ``--monitor`` still never
+    writes a non-finite checkpoint.
+
+    Example:
+        >>> check_finite_parameters(model, step=120)     # doctest: +SKIP
+    """
+    named = list(model.named_parameters())
+    if not named:
+        return
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).cpu()
+    if not bool(finite.all()):
+        name = named[int((~finite).nonzero()[0])][0]
+        raise NonFiniteError(f"step {step}: parameter {name} holds NaN/inf values, so no checkpoint or model is "
+                             "saved; likely cause: a too high learning rate, clipping off, or invalid inputs")
 
 
 class HealthAlarm(UserWarning):

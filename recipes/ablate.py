@@ -7,16 +7,21 @@
     python recipes/ablate.py report results/minilm          # summary.csv, summary.md, summary.png
 
 Every cell writes OUT/<task>/<cell>/seed<k>/results.json (glue.py's). A cell whose results.json is complete is
-skipped, so a killed sweep continues where it stopped when the same command is run again; a failing cell is
-recorded (status.json with its error) and the sweep goes on; a lock file keeps two sweeps out of one folder.
-Options after ``--`` (or any option ablate.py does not know) go to every glue.py run; a cell's own options
-come after them and win. ``--launcher "accelerate launch --num_processes 1"`` runs each cell under accelerate.
+skipped, so a killed sweep continues where it stopped when the same command is run again; a failing cell (an error,
+a non-finite loss) is recorded (status.json with its error) and the sweep goes on; a lock file keeps two sweeps out
+of one folder. Options after ``--`` (or any option ablate.py does not know) go to every glue.py run; a cell's own
+options come after them and win. ``--launcher "accelerate launch --num_processes 1"`` runs each cell under
+accelerate. Tasks, cells and every cell's options are checked before the first run.
+
+The training child runs in its own process group and ends with the sweep: Ctrl-C or SIGTERM stop it (the cell is
+recorded as interrupted), and if the sweep is killed outright the run notices (``HF_LAYERWISE_SWEEP_PID``) and stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import fcntl
 import itertools
 import json
@@ -24,6 +29,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,8 +39,10 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from hf_layerwise.errors import UsageError, one_line, run_cli  # noqa: E402
 from hf_layerwise.glue import get_task  # noqa: E402
-from hf_layerwise.glue.training import write_json_atomic  # noqa: E402
+from hf_layerwise.glue.arguments import parse_args as parse_glue_args  # noqa: E402
+from hf_layerwise.glue.run_dir import SWEEP_PID_ENV, checkpoints, write_json_atomic  # noqa: E402
 
 GLUE_RECIPE = os.path.join(HERE, "glue.py")
 BASELINE = "baseline"
@@ -50,14 +58,17 @@ class Cell:
 def parse_seeds(text: str) -> list[int]:
     """'1-5' -> [1, 2, 3, 4, 5]; '1,3,7' -> [1, 3, 7]; '1-3,9' -> [1, 2, 3, 9]."""
     seeds: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            lo, hi = (int(x) for x in part.split("-"))
-            seeds.extend(range(lo, hi + 1))
-        elif part.strip():
-            seeds.append(int(part))
-    if not seeds:
-        raise ValueError(f"--seeds {text!r}: no seeds")
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-"))
+                seeds.extend(range(lo, hi + 1))
+            elif part.strip():
+                seeds.append(int(part))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: use seeds >= 0 like 1-5, 1,3,7 or 1-3,9") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds {text!r}: no seeds; use seeds >= 0 like 1-5, 1,3,7 or 1-3,9")
     return seeds
 
 
@@ -88,13 +99,34 @@ def build_cells(presets: list[str], cells: list[str], grid: list[str]) -> list[C
     return out
 
 
+def main_value(result: dict) -> float | None:
+    """The run's main metric, or None when it is missing or not finite (such a run counts as failed)."""
+    try:
+        value = float(result["metrics"][result["main_metric"]])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def is_complete(folder: str) -> bool:
     path = os.path.join(folder, "results.json")
     try:
         with open(path) as f:
-            return "metrics" in json.load(f)
+            return main_value(json.load(f)) is not None
     except (OSError, ValueError):
         return False
+
+
+def check_cells(tasks: list[str], cells: list[Cell], seeds: list[int], forwarded: list[str]) -> None:
+    """Parse every cell's glue.py options as glue.py will (before the first run): a typo in the last cell must not
+    surface hours into a sweep."""
+    for cell in cells:
+        for task in tasks:
+            try:
+                parse_glue_args([*forwarded, "--task_name", task, "--seed", str(seeds[0]), "--output_dir",
+                                 os.devnull, *cell.options])
+            except UsageError as err:
+                raise UsageError(f"cell {cell.name} (task {task}): {one_line(err)}") from None
 
 
 class SweepLock:
@@ -110,8 +142,9 @@ class SweepLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.seek(0)
-            raise SystemExit(f"error: another sweep is running on {os.path.dirname(self.path)} "
-                             f"({self.file.read().strip() or 'unknown pid'}); wait for it or use another --out") from None
+            holder = self.file.read().strip() or "unknown pid"
+            raise UsageError(f"another sweep is running on {os.path.dirname(self.path)} ({holder}); wait for it or "
+                             "use another --out") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
@@ -128,9 +161,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class Interrupted(Exception):
+    """The sweep got SIGINT or SIGTERM; its running cell was stopped."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the sweep dies (Linux; the run also watches the sweep's pid)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def run_cell(cmd: list[str], folder: str, log_path: str) -> tuple[bool, str]:
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    """Run one cell in its own process group; on SIGINT/SIGTERM stop the whole group and raise ``Interrupted``."""
+    env = {**os.environ, SWEEP_PID_ENV: str(os.getpid())}
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
+            while proc.poll() is None and not received:
+                time.sleep(0.2)
+            if received:
+                _stop_group(proc)
+                raise Interrupted(received[0])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if proc.returncode == 0 and is_complete(folder):
         return True, ""
     with open(log_path, errors="replace") as f:
@@ -138,11 +205,34 @@ def run_cell(cmd: list[str], folder: str, log_path: str) -> tuple[bool, str]:
     return False, f"exit code {proc.returncode}\n{tail}"
 
 
+def _stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the child's process group (launcher and training processes), SIGKILL after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
-    tasks = [get_task(t).name for t in args.tasks.split(",") if t]
-    cells = build_cells([p for p in (args.presets or "").split(",") if p], args.cell or [], args.grid or [])
-    seeds = parse_seeds(args.seeds)
+    try:
+        tasks = [get_task(t).name for t in args.tasks.split(",") if t.strip()]
+        cells = build_cells([p for p in (args.presets or "").split(",") if p], args.cell or [], args.grid or [])
+        seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        raise UsageError(one_line(err)) from None
+    if not tasks:
+        raise UsageError(f"--tasks {args.tasks!r}: no task")
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
+    if not launcher or shutil.which(launcher[0]) is None:
+        raise UsageError(f"--launcher {args.launcher!r}: {launcher[0] if launcher else 'nothing'} is not a program "
+                         "on PATH")
+    check_cells(tasks, cells, seeds, forwarded)
     # seed-major, then cell, then task: every (task, cell) gets seed 1 before any gets seed 2, and each cell is
     # run on all tasks before the next cell starts, so a partial sweep already holds paired, comparable cells
     plan = [(t, c, s) for s in seeds for c in cells for t in tasks]
@@ -157,13 +247,20 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
             os.makedirs(folder, exist_ok=True)
             cmd = [*launcher, GLUE_RECIPE, *forwarded, "--task_name", task, "--seed", str(seed), "--output_dir",
                    folder, *cell.options]
-            if any(n.startswith("step_") for n in os.listdir(folder)):  # killed mid-cell with checkpoints on
-                cmd += ["--resume_from_checkpoint", "latest"]
+            # killed mid-cell with checkpoints on: continue it; otherwise replace what a failed attempt left
+            cmd += ["--resume_from_checkpoint", "latest"] if checkpoints(folder) else ["--overwrite_output_dir"]
             status = {"task": task, "cell": cell.name, "seed": seed, "command": shlex.join(cmd),
                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             write_json_atomic(os.path.join(folder, "status.json"), {**status, "status": "running"})
             start = time.time()
-            ok, error = run_cell(cmd, folder, os.path.join(folder, "log.txt"))
+            try:
+                ok, error = run_cell(cmd, folder, os.path.join(folder, "log.txt"))
+            except Interrupted as stop:
+                status.update(status="interrupted", seconds=round(time.time() - start, 1), error=str(stop))
+                write_json_atomic(os.path.join(folder, "status.json"), status)
+                print(f"sweep interrupted ({stop}) during {task}/{cell.name}/seed{seed}: the run was stopped; the "
+                      "same command continues the sweep", flush=True)
+                return 128 + stop.signum
             spent.append(time.time() - start)
             status.update(status="complete" if ok else "failed", seconds=round(spent[-1], 1), error=error or None)
             write_json_atomic(os.path.join(folder, "status.json"), status)
@@ -173,8 +270,7 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
                         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
                 with open(os.path.join(folder, "results.json")) as f:
                     result = json.load(f)
-                main = result["main_metric"]
-                outcome = f"{main}={result['metrics'][main]:.4f}"
+                outcome = f"{result['main_metric']}={main_value(result):.4f}"
             else:
                 failures += 1
                 outcome = f"FAILED ({error.splitlines()[0]}; see {folder}/status.json)"
@@ -195,14 +291,18 @@ def collect(out: str) -> list[dict]:
         rel = os.path.relpath(root, out).split(os.sep)
         if len(rel) != 3 or not rel[2].startswith("seed"):
             continue
-        with open(os.path.join(root, "results.json")) as f:
-            r = json.load(f)
-        main = r["main_metric"]
-        value = r["metrics"][main]
-        rows.append({"task": r["task"], "cell": rel[1], "seed": r["seed"], "metric": main, "value": value,
-                     "majority": r["majority_baseline"][main], "failed": value <= r["majority_baseline"][main] + 1e-12,
+        try:
+            with open(os.path.join(root, "results.json")) as f:
+                r = json.load(f)
+            main, task = r["main_metric"], get_task(r["task"]).name
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a results.json of glue.py (or unreadable): listed with the crashed runs
+        value = main_value(r)
+        majority = (r.get("majority_baseline") or {}).get(main, math.nan)
+        rows.append({"task": task, "cell": rel[1], "seed": r.get("seed", rel[2][4:]), "metric": main, "value": value,
+                     "majority": majority, "failed": value is None or value <= majority + 1e-12,
                      "train_time_s": r.get("train_time_s"), "trainable_params": r.get("trainable_params"),
-                     **{f"metric_{k}": v for k, v in r["metrics"].items()}})
+                     **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}})
     rows.sort(key=lambda r: (r["task"], r["cell"], r["seed"]))
     return rows
 
@@ -244,22 +344,25 @@ def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["cell"]), {})[r["seed"]] = r
+    def scores(cell_runs: dict[int, dict]) -> dict[int, float]:  # runs without a finite score count as failed only
+        return {s: r["value"] for s, r in cell_runs.items() if r["value"] is not None}
+
     out = []
     for (task, cell), runs in sorted(groups.items()):
-        values = {s: r["value"] for s, r in runs.items()}
-        base = {s: r["value"] for s, r in groups.get((task, BASELINE), {}).items()}
-        v = list(values.values())
+        values = scores(runs)
+        base = scores(groups.get((task, BASELINE), {}))
+        v = list(values.values()) or [math.nan]
         times = [r["train_time_s"] for r in runs.values() if r["train_time_s"] is not None]
         out.append({
-            "task": task, "cell": cell, "metric": next(iter(runs.values()))["metric"], "n": len(v),
+            "task": task, "cell": cell, "metric": next(iter(runs.values()))["metric"], "n": len(values),
             "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
             "median": statistics.median(v), "max": max(v), "failed": sum(r["failed"] for r in runs.values()),
             "train_time_s": statistics.median(times) if times else math.nan,  # robust to a run slowed by others
             "time_ratio": time_ratio({s: r["train_time_s"] for s, r in runs.items()},
                                      {s: r["train_time_s"] for s, r in groups.get((task, BASELINE), {}).items()}),
             "diff": None if cell == BASELINE else paired_difference(values, base),
-            "vs": {ref: None if cell == ref else paired_difference(
-                values, {s: r["value"] for s, r in groups.get((task, ref), {}).items()}) for ref in compare_to},
+            "vs": {ref: None if cell == ref else paired_difference(values, scores(groups.get((task, ref), {})))
+                   for ref in compare_to},
         })
     return out
 
@@ -278,6 +381,8 @@ def _complete_seeds(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
     tasks = {r["task"] for r in rows}
     by_cell: dict[str, dict[int, dict[str, dict]]] = {}
     for r in rows:
+        if r["value"] is None:  # no score: this seed did not finish every task
+            continue
         by_cell.setdefault(r["cell"], {}).setdefault(r["seed"], {})[r["task"]] = r
     return {cell: {seed: list(v.values()) for seed, v in seeds.items() if len(v) == len(tasks)}
             for cell, seeds in by_cell.items()}
@@ -408,7 +513,7 @@ def plot(rows: list[dict], path: str) -> None:
         metric = next(r["metric"] for r in rows if r["task"] == task)
         values: dict[str, list[float]] = {}
         for r in rows:
-            if r["task"] == task:
+            if r["task"] == task and r["value"] is not None:
                 values.setdefault(r["cell"], []).append(100 * r["value"])
         panels.append((f"{task} ({metric})", values))
     averages = {cell: [100 * v for v in seeds.values()] for cell, seeds in seed_averages(rows).items() if seeds}
@@ -439,10 +544,10 @@ def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = ()) -> tuple
     """summary.csv and summary.md of the runs under `out`, written into `dest`; returns (rows, summary)."""
     rows = collect(out)
     if not rows:
-        raise SystemExit(f"error: no complete runs (task/cell/seedK/results.json) under {out}")
+        raise UsageError(f"no runs (task/cell/seedK/results.json) under {out}")
     unknown = sorted(set(compare_to) - {r["cell"] for r in rows})
     if unknown:
-        raise SystemExit(f"error: --compare_to {', '.join(unknown)}: no such cell under {out}; "
+        raise UsageError(f"--compare_to {', '.join(unknown)}: no such cell under {out}; "
                          f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
     summary = summarize(rows, compare_to)
     write_csv(rows, os.path.join(dest, "summary.csv"))
@@ -457,14 +562,19 @@ def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
     return summary
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     forwarded: list[str] = []
     if "--" in argv:
         at = argv.index("--")
         argv, forwarded = argv[:at], argv[at + 1:]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run the sweep (resumable)")
     run.add_argument("--tasks", required=True, help="comma-separated GLUE tasks")
     run.add_argument("--presets", default="", help="comma-separated presets, one cell each")
@@ -487,4 +597,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

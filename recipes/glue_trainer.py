@@ -4,136 +4,241 @@
         --preset top3x5 --output_dir runs/rte_trainer
     # several CPU processes:  python -m torch.distributed.run --nproc_per_node 2 recipes/glue_trainer.py --cpu ...
 
-Same arguments, data and results.json as recipes/glue.py; the training loop is the Trainer's.
+Same arguments, checks, data, model set-up and results.json keys as recipes/glue.py (the shared steps are in
+``hf_layerwise.glue.recipe``); the training loop is the Trainer's. Every shared flag is supported:
+``--monitor`` adds ``HealthCallback``, ``--eval_every_epoch False`` evaluates only at the end,
+``--checkpointing_steps`` maps to ``save_strategy``/``save_steps``. Early stopping keeps the best checkpoint of
+each epoch, so it refuses ``--checkpointing_steps N``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                          EarlyStoppingCallback, TrainingArguments)
+from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainerCallback, TrainingArguments
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from glue_args import parse_args  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import hf_layerwise  # noqa: E402
-from hf_layerwise import LayerwiseCallback, LayerwiseTrainer  # noqa: E402
-from hf_layerwise.glue import get_task, load_glue, load_metric  # noqa: E402
-from hf_layerwise.glue.training import (class_weights, init_head_bias_prior, majority_metrics,  # noqa: E402
-                                        predictions, reinit_top_layers, tokenize_glue, write_json_atomic)
+from hf_layerwise import HealthCallback, HealthConfig, LayerwiseCallback, LayerwiseTrainer  # noqa: E402
+from hf_layerwise.errors import UsageError, run_cli, usage_errors  # noqa: E402
+from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
+from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
+from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
+from hf_layerwise.glue.recipe import (check_environment, load_data, load_model, load_tokenizer,  # noqa: E402
+                                      loss_class_weights, model_config, open_output_dir, results_record)
+from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
+                                       stop_with_sweep, write_json_atomic)
+from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
+
+ELAPSED = "recipe_progress.json"  # training time and resumes before this checkpoint (the Trainer keeps neither)
 
 
-class WeightedLossTrainer(LayerwiseTrainer):
-    """LayerwiseTrainer with class-weighted cross-entropy (``--class_weights auto``)."""
+class GlueTrainer(LayerwiseTrainer):
+    """LayerwiseTrainer that stops on a non-finite loss (the Trainer would log the running average instead and go
+    on) and, with ``--class_weights auto``, trains with class-weighted cross-entropy."""
 
-    loss_weights: torch.Tensor
+    loss_weights: torch.Tensor | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.loss_weights is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=self.loss_weights.to(labels.device))
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss)):
+            raise NonFiniteError(
+                f"step {self.state.global_step + 1}: the training loss {loss.item()} is not finite; the run stops "
+                "before the update, without writing a checkpoint or results (the last checkpoint, if any, is "
+                "intact). Likely cause: a too high --learning_rate, clipping off (--max_grad_norm 0), or invalid "
+                "labels")
+        return loss
+
+
+class RecipeCheckpoints(TrainerCallback):
+    """Never saves non-finite weights; writes into every checkpoint the run's settings (checked on resume), its
+    training time so far, and the loss summed since the last log, which a resumed run restores so that its first
+    logged loss averages the same steps as the uninterrupted run's (the Trainer itself restarts that sum at zero)."""
+
+    def __init__(self, settings: dict[str, Any], elapsed: Any, earlier: dict[str, Any]) -> None:
+        self.settings, self.elapsed, self.earlier = settings, elapsed, earlier
+        self.trainer: GlueTrainer | None = None  # set once the Trainer exists
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        pending = self.earlier.get("loss_sums")
+        if pending and hasattr(self.trainer, "_tr_loss") and hasattr(self.trainer, "_globalstep_last_logged"):
+            self.trainer._tr_loss.fill_(pending[args.process_index])
+            self.trainer._globalstep_last_logged = self.earlier["last_logged"]
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and model is not None:
+            check_finite_parameters(model, state.global_step)
+
+    def on_save(self, args, state, control, **kwargs):
+        record = {"train_time_s": self.elapsed(), "resumed_from": self.earlier["resumed_from"]}
+        if hasattr(self.trainer, "_tr_loss") and hasattr(self.trainer, "_globalstep_last_logged"):
+            sums = self.trainer.accelerator.gather(self.trainer._tr_loss.detach().reshape(1))  # every process's
+            record.update(loss_sums=sums.tolist(), last_logged=self.trainer._globalstep_last_logged)
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            write_json_atomic(os.path.join(folder, RUN_CONFIG), self.settings)
+            write_json_atomic(os.path.join(folder, ELAPSED), record)
+
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args, lw_args, cfg = parse_args(argv)
-    task = get_task(data_args.task_name)
-    transformers.set_seed(args.seed)
+    # -- set-up: every argument and input is checked before anything is written ------------------------------------
+    args = parse_args(argv)
+    stop_with_sweep()  # started by recipes/ablate.py: end with it
+    task = get_task(args.data.task_name)
+    check_environment(args, cuda=torch.cuda.is_available() and not args.train.cpu)
+    if args.train.early_stopping_patience is not None and args.train.checkpoint_every:
+        raise UsageError("--early_stopping_patience in the Trainer recipe keeps the best model through a checkpoint "
+                         "after every evaluation (every epoch): use --checkpointing_steps epoch or leave it unset")
+    checkpoint, settings = open_output_dir(args, kind="trainer")
+    config = model_config(args)
 
-    raw = load_glue(task.name, data_args.data_dir, data_args.train_file, data_args.validation_file)
-    if data_args.max_train_samples:
-        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, raw["train"].num_rows)))
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path)
-    tokenized = tokenize_glue(raw, tokenizer, task, data_args.max_seq_length, data_args.pad_to_max_length)
+    # -- data and model ------------------------------------------------------------------------------------------------
+    raw = load_data(args)
+    tokenizer = load_tokenizer(args)
+    transformers.set_seed(args.train.seed)
+    model = load_model(args, config, raw["train"]["label"])
+    tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
 
-    label_kwargs = {} if task.is_regression else {"id2label": dict(enumerate(task.label_names)),
-                                                   "label2id": {n: i for i, n in enumerate(task.label_names)}}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=task.num_labels, **label_kwargs,
-        problem_type="regression" if task.is_regression else "single_label_classification")
-    train_labels = raw["train"]["label"]
-    reinit_top_layers(model, args.reinit_top_layers)
-    if args.head_bias_init == "prior" and not task.is_regression:
-        init_head_bias_prior(model, train_labels, task.num_labels)
+    # -- trainer (layer-wise optimizer through LayerwiseTrainer), resume, train -------------------------------------
+    earlier = _earlier_segments(checkpoint)
+    start = time.perf_counter()
+    trainer, metric = make_trainer(args, task, model, tokenizer, tokenized, loss_class_weights(args, raw), settings,
+                                   elapsed=lambda: earlier["train_time_s"] + time.perf_counter() - start,
+                                   earlier=earlier)
+    claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
+                     is_main_process=trainer.is_world_process_zero())  # every input checked: the folder is this run's
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_time = earlier["train_time_s"] + time.perf_counter() - start
 
+    # -- results -------------------------------------------------------------------------------------------------------
+    metrics = {}
+    for split in task.eval_splits:  # the final model (the best one with early stopping: load_best_model_at_end)
+        result = trainer.evaluate(tokenized[split].remove_columns("idx"), metric_key_prefix="eval")
+        metrics.update(_metrics(result, "_mm" if split == "validation_mismatched" else ""))
+    results = results_record(
+        args, raw, metric, metrics=metrics, history=_history(trainer.state.log_history),
+        log_history=[h for h in trainer.state.log_history if "loss" in h], num_processes=trainer.args.world_size,
+        completed_steps=trainer.state.global_step, train_time_s=train_time,
+        trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
+        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        resumed_from=earlier["resumed_from"])
+    if args.train.save_model:
+        check_finite_parameters(trainer.model, trainer.state.global_step)
+        trainer.save_model(os.path.join(args.train.output_dir, "model"))
+    if trainer.is_world_process_zero():
+        write_json_atomic(os.path.join(args.train.output_dir, "results.json"), results)
+        print(f"results: {metrics} -> {os.path.join(args.train.output_dir, 'results.json')}")
+    trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
+    release_output_dir(args.train.output_dir)
+    return results
+
+
+def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, tokenizer: Any, tokenized: Any,
+                 loss_weights: torch.Tensor | None, settings: dict[str, Any], elapsed: Any,
+                 earlier: dict[str, Any]) -> tuple[GlueTrainer, Any]:
+    """TrainingArguments from the recipe's arguments, the layer-wise and recipe callbacks, the Trainer."""
+    train = args.train
+    early = train.early_stopping_patience is not None
+    eval_strategy = "epoch" if train.eval_every_epoch else "no"
+    save_strategy = "epoch" if train.checkpointing_steps == "epoch" or early else (
+        "steps" if train.checkpoint_every else "no")
+    main_split = task.eval_splits[0]
+    best_metric = task.main_metric if len(task.eval_splits) == 1 else f"{main_split}_{task.main_metric}"
+    with usage_errors("TrainingArguments"):
+        training_args = TrainingArguments(
+            output_dir=train.output_dir, per_device_train_batch_size=train.per_device_train_batch_size,
+            per_device_eval_batch_size=train.per_device_eval_batch_size, learning_rate=train.learning_rate,
+            num_train_epochs=train.num_train_epochs, max_steps=train.max_train_steps or -1,
+            warmup_steps=train.warmup_ratio, lr_scheduler_type=train.lr_scheduler_type,
+            gradient_accumulation_steps=train.gradient_accumulation_steps, seed=train.seed, use_cpu=train.cpu,
+            bf16=train.mixed_precision == "bf16", fp16=train.mixed_precision == "fp16",
+            logging_steps=train.logging_steps, eval_strategy=eval_strategy, save_strategy=save_strategy,
+            save_steps=train.checkpoint_every or 500, report_to=[] if train.report_to == "none" else [train.report_to],
+            load_best_model_at_end=early, metric_for_best_model=best_metric if early else None,
+            disable_tqdm=False,
+        )
+    checkpoints = RecipeCheckpoints(settings, elapsed, earlier)
+    callbacks: list[TrainerCallback] = [LayerwiseCallback(args.layerwise), checkpoints]
+    if train.monitor:
+        callbacks.append(HealthCallback(HealthConfig(every_n_steps=train.monitor_every)))
+    if early:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
     metric = load_metric(task.name, experiment_id=f"{os.getpid()}")
 
     def compute_metrics(prediction):
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         return metric.compute(predictions=predictions(task, torch.as_tensor(logits)), references=prediction.label_ids)
 
-    every = args.checkpointing_steps
-    training_args = TrainingArguments(
-        output_dir=args.output_dir, per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=args.per_device_eval_batch_size, learning_rate=args.learning_rate,
-        num_train_epochs=args.num_train_epochs, max_steps=args.max_train_steps or -1,
-        warmup_steps=args.warmup_ratio, lr_scheduler_type=args.lr_scheduler_type,
-        gradient_accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, use_cpu=args.cpu,
-        bf16=args.mixed_precision == "bf16", fp16=args.mixed_precision == "fp16", logging_steps=args.logging_steps,
-        eval_strategy="epoch", save_strategy="epoch" if every == "epoch" else ("steps" if every else "no"),
-        save_steps=int(every) if every and every.isdigit() else 500,
-        report_to=[] if args.report_to == "none" else [args.report_to],
-        load_best_model_at_end=args.early_stopping_patience is not None,
-        metric_for_best_model=task.main_metric if args.early_stopping_patience is not None else None,
-        disable_tqdm=False,
-    )
-    if args.early_stopping_patience is not None and training_args.save_strategy == "no":
-        training_args.save_strategy = "epoch"
-    callbacks = [LayerwiseCallback(cfg)]
-    if args.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
-    trainer_cls = WeightedLossTrainer if args.class_weights == "auto" else LayerwiseTrainer
-    if args.class_weights == "auto":
-        WeightedLossTrainer.loss_weights = class_weights(train_labels, task.num_labels)
-    trainer = trainer_cls(
-        model=model, args=training_args, train_dataset=tokenized["train"].remove_columns("idx"),
-        eval_dataset={s: tokenized[s].remove_columns("idx") for s in task.eval_splits},
-        processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics, callbacks=callbacks,
-    )
-    resume = args.resume_from_checkpoint
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume == "latest" else resume)
-    train_time = time.perf_counter() - start
+    evals = {s: tokenized[s].remove_columns("idx") for s in task.eval_splits}
+    pad = 8 if train.mixed_precision != "no" else None
+    with usage_errors("layer-wise options"):
+        trainer = GlueTrainer(
+            model=model, args=training_args, train_dataset=tokenized["train"].remove_columns("idx"),
+            eval_dataset=evals[main_split] if len(evals) == 1 else evals, processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad),
+            compute_metrics=compute_metrics, callbacks=callbacks,
+        )
+    trainer.loss_weights = loss_weights
+    checkpoints.trainer = trainer
+    return trainer, metric
 
-    metrics = {}
-    for split in task.eval_splits:
-        result = trainer.evaluate(tokenized[split].remove_columns("idx"), metric_key_prefix="eval")
-        suffix = "_mm" if split == "validation_mismatched" else ""
-        metrics.update({f"{k[len('eval_'):]}{suffix}": v for k, v in result.items()
-                        if k[len("eval_"):] in ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")})
-    results = {
-        "task": task.name, "metrics": metrics, "main_metric": task.main_metric,
-        "majority_baseline": majority_metrics(task, train_labels, raw[task.eval_splits[0]]["label"], metric),
-        "num_train_examples": len(tokenized["train"]),
-        "num_eval_examples": {s: len(raw[s]) for s in task.eval_splits}, "seed": args.seed,
-        "num_processes": training_args.world_size,
-        "global_batch_size": args.per_device_train_batch_size * training_args.world_size
-        * args.gradient_accumulation_steps,
-        "completed_steps": trainer.state.global_step, "train_time_s": round(train_time, 2),
-        "train_samples_per_second": round(len(tokenized["train"]) * float(trainer.state.epoch or 0) / train_time, 2),
-        "layerwise": cfg.to_dict(),
-        "config": {"model": vars(model_args), "data": vars(data_args), "train": vars(args),
-                   "layerwise_args": vars(lw_args)},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "hf_layerwise": hf_layerwise.__version__},
-        "log_history": trainer.state.log_history,
-    }
-    if args.save_model:
-        trainer.save_model(os.path.join(args.output_dir, "model"))
-    if trainer.is_world_process_zero():
-        write_json_atomic(os.path.join(args.output_dir, "results.json"), results)
-        print(f"results: {metrics} -> {os.path.join(args.output_dir, 'results.json')}")
-    trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
-    return results
+
+def _earlier_segments(checkpoint: str | None) -> dict[str, Any]:
+    """What the checkpoint a run resumes from recorded (training time, resumes, pending loss sums; nothing for a new
+    run); ``resumed_from`` includes that checkpoint."""
+    earlier: dict[str, Any] = {"train_time_s": 0.0, "resumed_from": []}
+    path = os.path.join(checkpoint, ELAPSED) if checkpoint else None
+    if path is not None and os.path.isfile(path):
+        with open(path) as f:
+            earlier.update(json.load(f))
+    if checkpoint:
+        earlier["resumed_from"] = [*earlier["resumed_from"], checkpoint]
+    return earlier
+
+
+_METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")
+
+
+def _metrics(result: dict[str, float], suffix: str = "") -> dict[str, float]:
+    """``eval_accuracy`` -> ``accuracy`` (+ ``suffix``); ``eval_validation_mismatched_accuracy`` -> ``accuracy_mm``."""
+    out = {}
+    for key, value in result.items():
+        name, tail = key.removeprefix("eval_"), suffix
+        for split in ("validation_mismatched_", "validation_matched_", "validation_"):
+            if name.startswith(split):
+                name, tail = name[len(split):], "_mm" if split == "validation_mismatched_" else ""
+                break
+        if name in _METRICS:
+            out[f"{name}{tail}"] = value
+    return out
+
+
+def _history(log_history: list[dict]) -> list[dict]:
+    """The Trainer's evaluation logs in glue.py's history shape: one entry per evaluation (epoch, step, metrics)."""
+    history: dict[int, dict] = {}
+    for entry in log_history:
+        found = _metrics({k: v for k, v in entry.items() if k.startswith("eval_")})
+        if found:
+            history.setdefault(entry["step"], {"epoch": round(entry.get("epoch", 0)), "step": entry["step"]}
+                               ).update(found)
+    return list(history.values())
 
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
-    main()
+    raise SystemExit(run_cli(main))

@@ -164,7 +164,7 @@ def test_paired_differences_to_a_control_cell(tmp_path):
     assert f"| +2.67 [-1.13, +6.46] (n=3) | +0.00 [-{100 * half:.2f}, +{100 * half:.2f}] (n=3) | 1m00s | 1.00 |" in md
     # the average table (one task here) has the control column too, and the control's own cell there is empty
     assert "| uniform-5x | 62.67 | 62.67 | 3 | +2.67 [-1.13, +6.46] (n=3) | — | 1m00s | 1.00 |" in md
-    with pytest.raises(SystemExit, match="no such cell.*baseline, top3x5, uniform-5x"):
+    with pytest.raises(ablate.UsageError, match="no such cell.*baseline, top3x5, uniform-5x"):
         ablate.report(str(tmp_path), compare_to=("uniform-1x",))
 
 
@@ -196,3 +196,97 @@ def test_crashed_runs_are_listed_under_the_tables(tmp_path):
     md = (tmp_path / "summary.md").read_text()
     assert md.endswith("| baseline | 60.00 | 60.00 | 1 | — | 1m00s | 1.00 |\n\n"
                        "Runs that crashed (no results; see their status.json): rte/top3x5/seed1\n")
+
+
+def test_report_counts_nan_and_missing_metrics_as_failed(tmp_path):
+    for seed, value in ((1, 0.6), (2, 0.62)):
+        _fake_run(tmp_path, "stsb", "baseline", seed, value, 0.0, metric="spearmanr")
+    _fake_run(tmp_path, "stsb", "top3x5", 1, 0.64, 0.0, metric="spearmanr")
+    _fake_run(tmp_path, "stsb", "top3x5", 2, math.nan, 0.0, metric="spearmanr")  # a diverged run's NaN metric
+    missing = tmp_path / "stsb" / "top3x5" / "seed3"
+    missing.mkdir(parents=True)
+    (missing / "results.json").write_text(json.dumps({"task": "stsb", "seed": 3, "main_metric": "spearmanr",
+                                                      "metrics": {}, "majority_baseline": {"spearmanr": 0.0}}))
+    summary = {s["cell"]: s for s in ablate.report(str(tmp_path))}
+    s = summary["top3x5"]
+    assert s["n"] == 1 and s["failed"] == 2 and s["mean"] == pytest.approx(0.64)
+    assert s["diff"]["n"] == 1 and s["diff"]["mean"] == pytest.approx(0.04)  # seed 1 only: seed 2 has no score
+    assert "| top3x5 | 1 | 64.00 ± 0.00 | 64.00 | 64.00 | 2 |" in (tmp_path / "summary.md").read_text()
+    assert not ablate.is_complete(str(tmp_path / "stsb" / "top3x5" / "seed2"))  # a new sweep runs it again
+
+
+def _sweep_with_a_long_run(setup, out, *extra):
+    """A sweep whose first cell trains for minutes; returns (sweep process, pid of the training process)."""
+    cmd = _cmd(setup, out, *extra) + ["--num_train_epochs", "500"]
+    cmd[cmd.index("--seeds") + 1] = "1"
+    sweep = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    lock = out / "rte" / "baseline" / "seed1" / ".hf_layerwise.lock"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+        time.sleep(0.1)
+    assert lock.exists(), "the run did not start"
+    return sweep, int(lock.read_text().split()[1])
+
+
+def _gone(pid, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ")[1].startswith(("Z", "X")):  # a zombie nobody reaped has stopped too
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _lock_free(path, timeout=30.0):
+    """The lock on ``path`` can be taken (within ``timeout``: a process's last threads release it as they exit)."""
+    import fcntl
+
+    deadline = time.time() + timeout
+    with open(path, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return True
+            except BlockingIOError:
+                if time.time() > deadline:
+                    return False
+                time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_sweep_killed_outright_stops_its_run(setup, tmp_path):
+    """SIGKILL cannot be forwarded, and under `accelerate launch` the training process is a grandchild: it notices
+    that the sweep is gone (HF_LAYERWISE_SWEEP_PID) and stops, releasing the folder for the next sweep."""
+    launcher = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no"
+    sweep, run_pid = _sweep_with_a_long_run(setup, tmp_path, "--launcher", launcher)
+    try:
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.wait()
+        assert _gone(run_pid), "the training process outlived the sweep"
+        assert _lock_free(tmp_path / ".ablate.lock")
+        assert _lock_free(tmp_path / "rte" / "baseline" / "seed1" / ".hf_layerwise.lock")
+    finally:
+        try:
+            os.killpg(sweep.pid, signal.SIGKILL)  # whatever is left of the sweep's own group
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sweep_stopped_by_a_signal_stops_its_run(setup, tmp_path, signum):
+    sweep, run_pid = _sweep_with_a_long_run(setup, tmp_path)
+    os.kill(sweep.pid, signum)
+    output = sweep.communicate(timeout=60)[0]
+    assert sweep.returncode == 128 + signum, output
+    assert "sweep interrupted" in output and "the same command continues the sweep" in output
+    assert _gone(run_pid, 5)
+    status = json.loads((tmp_path / "rte" / "baseline" / "seed1" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["error"] == signal.Signals(signum).name
+    assert not ablate.crashed_cells(str(tmp_path))  # interrupted is not a crash: the next sweep runs it again

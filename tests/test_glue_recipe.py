@@ -159,14 +159,27 @@ def test_finetuning_options_and_early_stopping(setup, tmp_path):
 
 
 def test_glue_trainer_recipe(setup, tmp_path):
+    """The Trainer recipe honours the shared flags glue.py has (it used to ignore the last four)."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "glue_trainer.py"),
                            *_args(setup, tmp_path, task="cola", per_device_train_batch_size=8, preset="top3x5",
-                                  top_k=2)], env=ENV, capture_output=True, text=True, timeout=300)
+                                  top_k=2, max_eval_samples=10, eval_every_epoch=False, monitor=True,
+                                  monitor_every=4)], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = _results(tmp_path)
     assert set(r["metrics"]) == {"matthews_correlation"} and r["completed_steps"] == 16
     logged = [h for h in r["log_history"] if "loss" in h]
     assert all(h["lr/depth4"] == pytest.approx(5 * h["lr/depth2"]) for h in logged if h["lr/depth2"] > 0)
+    assert r["num_eval_examples"] == {"validation": 10}
+    assert [h["step"] for h in r["history"]] == [16]  # no evaluation after epoch 1, one at the end
+    steps = [json.loads(line) for line in open(tmp_path / "health.jsonl")]
+    assert [s["step"] for s in steps if s["type"] == "step"] == [4, 8, 12, 16]
+    glue_keys = set(_results_of_glue_py(setup, tmp_path / "glue"))
+    assert set(r) == glue_keys  # results.json has the same keys from both recipes
+
+
+def _results_of_glue_py(setup, out):
+    _launch(_args(setup, out, task="cola", per_device_train_batch_size=8, num_train_epochs=1))
+    return _results(out)
 
 
 def test_monitor_flag_writes_health_log_and_report(setup, tmp_path):

@@ -1,4 +1,6 @@
-"""GLUE data and metrics (issue: recipes/glue.py)."""
+"""GLUE for the recipes: tasks and their data (``data``), the shipped metric (``load_metric``), tokenization
+(``features``), fine-tuning options on the model (``heads``), command-line arguments (``arguments``), the set-up both
+recipes share (``recipe``) and the output folder and checkpoints of a run (``run_dir``)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from hf_layerwise.glue.training import class_weights, head_linear, init_head_bias_prior, reinit_top_layers
+from hf_layerwise.glue.heads import class_weights, head_linear, init_head_bias_prior, reinit_top_layers
 
 
 def test_class_weights_balance_classes():
