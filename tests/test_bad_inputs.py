@@ -224,6 +224,7 @@ CASES = [
     Case("output_holds_checkpoints", "glue", [], 2, "already holds a run (step_2, step_4)",
          setup=_chain(_copy_run("glue_run"), lambda w, r: os.unlink(os.path.join(w, "out", "results.json")))),
     Case("output_is_a_file", "glue", [], 2, "out: exists and is not a folder", setup=_a_file("out")),
+    Case("output_empty_name", "glue", ["--output_dir", ""], 2, "--output_dir is empty"),
     Case("output_below_a_file", "glue", ["--output_dir", "{work}/file/out"], 2, "cannot write there",
          setup=_a_file("file")),
     # -- resume ----------------------------------------------------------------------------------------------------

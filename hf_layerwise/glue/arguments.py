@@ -97,6 +97,8 @@ class TrainArguments:
     debug: bool = field(default=False, metadata={"help": "show the traceback of an error (or HF_LAYERWISE_DEBUG=1)"})
 
     def __post_init__(self) -> None:
+        if not self.output_dir.strip():
+            raise UsageError("--output_dir is empty: pass the folder for results, checkpoints and logs")
         for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps", "monitor_every", "max_train_steps", "early_stopping_patience"):
             _at_least(f"--{flag}", getattr(self, flag), 1)
