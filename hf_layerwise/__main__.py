@@ -35,11 +35,12 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig) -> str:
     L = layers.num_layers
     rows = [("depth", "modules", "params", "lr x", "weight decay", "frozen")]
     total = trainable = 0
+    by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    for name, param, depth in layers.named_depths(model):
+        by_depth.setdefault(depth, []).append((name, param))
     for depth, paths in layers.modules.items():
-        names = [n for n, d in layers.depths.items() if d == depth]
-        params = dict(model.named_parameters())
-        count = sum(params[n].numel() for n in names)
-        decayed = sum(params[n].numel() for n in names if n not in no_decay)
+        count = sum(p.numel() for _, p in by_depth[depth])
+        decayed = sum(p.numel() for n, p in by_depth[depth] if n not in no_decay)
         total += count
         if not cfg.is_trainable(depth, L):
             frozen, lr, wd = "yes", "-", "-"

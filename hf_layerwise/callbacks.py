@@ -27,7 +27,7 @@ from .config import LayerwiseConfig
 from .freezing import GradualUnfreezer
 from .layers import LayerMap, discover_layers
 from .monitor import HealthConfig, HealthMonitor
-from .optimizer import create_optimizer, param_groups
+from .optimizer import create_optimizer, param_group_mismatch
 from .stats import DepthGradNorms, flat_logs, lr_by_depth, scale_to_preclip
 
 __all__ = ["LayerwiseCallback", "HealthCallback", "LayerwiseTrainerMixin", "LayerwiseTrainer", "check_training_setup"]
@@ -57,7 +57,9 @@ def check_training_setup(model: nn.Module, cfg: LayerwiseConfig, layers: LayerMa
     * FSDP (version 1) without ``use_orig_params=True``: parameters are flattened across depths,
       so per-depth groups and freezing cannot be expressed;
     * gradual unfreezing under FSDP or DeepSpeed, which fix the set of trained parameters when the
-      model is wrapped.
+      model is wrapped;
+    * DeepSpeed clipping at another norm than ``cfg.max_grad_norm`` (DeepSpeed clips itself, with its
+      config's ``gradient_clipping``).
 
     Example:
         >>> check_training_setup(model, cfg, discover_layers(model))   # doctest: +SKIP
@@ -77,7 +79,16 @@ def check_training_setup(model: nn.Module, cfg: LayerwiseConfig, layers: LayerMa
                 "layer-wise learning rates and freezing cannot apply. Set fsdp_use_orig_params: true in the "
                 "accelerate config (or fsdp_config={'use_orig_params': True}), or use fsdp_version: 2."
             )
-    if cfg.unfreeze_every and (fsdp is not None or getattr(accelerator_state, "deepspeed_plugin", None) is not None):
+    deepspeed = getattr(accelerator_state, "deepspeed_plugin", None)
+    if deepspeed is not None:
+        clip = getattr(deepspeed, "gradient_clipping", "auto")
+        wanted = cfg.max_grad_norm or 0.0
+        if clip not in (None, "auto") and float(clip) != wanted:
+            raise ValueError(
+                f"The DeepSpeed config clips gradients at {clip} (gradient_clipping) but the layer-wise config asks "
+                f"for max_grad_norm={cfg.max_grad_norm}: DeepSpeed clips by itself, so set gradient_clipping: "
+                f"{wanted} in the DeepSpeed config or --max_grad_norm {clip}.")
+    if cfg.unfreeze_every and (fsdp is not None or deepspeed is not None):
         raise ValueError(
             "Gradual unfreezing (LayerwiseConfig.unfreeze_every) is not supported under FSDP or DeepSpeed, which "
             "fix the trained parameters when they wrap the model. Use DDP, or a static freeze (freeze_below)."
@@ -150,19 +161,16 @@ class LayerwiseCallback(TrainerCallback):
         return args.logging_strategy != IntervalStrategy.NO  # epoch logging: measure every step
 
     @staticmethod
-    def _check_optimizer(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, layers: LayerMap) -> None:
-        inner = getattr(optimizer, "optimizer", optimizer)
-        expected = param_groups(model, cfg, 1.0, layers=layers)
-        got = [(g.get("name"), {id(p) for p in g["params"]}) for g in getattr(inner, "param_groups", [])]
-        want = [(g["name"], {id(p) for p in g["params"]}) for g in expected]
-        if got != want:
-            names = [n for n, _ in got]
+    def _check_optimizer(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, layers: LayerMap,
+                         lr: float) -> None:
+        problem = param_group_mismatch(optimizer, model, cfg, lr, layers=layers)
+        if problem:
             raise RuntimeError(
-                "LayerwiseCallback: the Trainer's optimizer does not hold the layer-wise parameter groups "
-                f"(expected {[n for n, _ in want]}, found {names}), so training would silently ignore the "
-                "layer-wise config. Use hf_layerwise.LayerwiseTrainer (or LayerwiseTrainerMixin on your Trainer "
-                "subclass) instead of transformers.Trainer, or pass optimizers=(hf_layerwise.create_optimizer("
-                "model, cfg, lr=args.learning_rate), None); do not replace trainer.optimizer afterwards."
+                f"LayerwiseCallback: the Trainer's optimizer does not hold the layer-wise parameter groups ({problem}), "
+                "so training would silently ignore the layer-wise config. Use hf_layerwise.LayerwiseTrainer (or "
+                "LayerwiseTrainerMixin on your Trainer subclass) instead of transformers.Trainer, or pass "
+                "optimizers=(hf_layerwise.create_optimizer(model, cfg, lr=args.learning_rate), None); do not replace "
+                "trainer.optimizer afterwards."
             )
 
     # -- Trainer events -------------------------------------------------------------------------
@@ -193,7 +201,7 @@ class LayerwiseCallback(TrainerCallback):
 
         self._bind(model)
         check_training_setup(model, self.cfg, self.layers, AcceleratorState() if is_initialized() else None)
-        self._check_optimizer(optimizer, model, self.cfg, self.layers)
+        self._check_optimizer(optimizer, model, self.cfg, self.layers, args.learning_rate)
         self.unfreezer.attach_distributed()
         self.unfreezer.update(state.global_step, _epoch_index(state))
         self._pending["trainable_params"] = float(self.unfreezer.trainable_parameters)

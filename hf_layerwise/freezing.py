@@ -46,8 +46,7 @@ def set_stage(model: nn.Module, cfg: LayerwiseConfig, layers: LayerMap, stage: i
     """
     num_layers = layers.num_layers
     to_freeze, to_unfreeze, opened = [], [], set()
-    for name, param in model.named_parameters():
-        depth = layers.depths[name]
+    for _, param, depth in layers.named_depths(model):
         if cfg.is_trainable(depth, num_layers, stage):
             if not param.requires_grad:
                 to_unfreeze.append(param)
@@ -117,8 +116,8 @@ class GradualUnfreezer:
             return 0
         num_layers = self.layers.num_layers
         self._outside_ddp = {
-            id(p) for name, p in self.model.named_parameters()
-            if not p.requires_grad and self.cfg.is_trainable(self.layers.depths[name], num_layers)
+            id(p) for _, p, depth in self.layers.named_depths(self.model)
+            if not p.requires_grad and self.cfg.is_trainable(depth, num_layers)
         }
         self._hook_new_params()
         return len(self._outside_ddp)

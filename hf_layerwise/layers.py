@@ -15,6 +15,7 @@ all work without a per-architecture table.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
@@ -35,11 +36,16 @@ class UnsupportedModelError(ValueError):
 class LayerMap:
     """Result of :func:`discover_layers`.
 
+    Names are canonical: without the components that wrappers add (DDP's ``module.``, FSDP1's
+    ``_fsdp_wrapped_module.``, activation checkpointing's ``_checkpoint_wrapped_module.``, ``torch.compile``'s
+    ``_orig_mod.``), so one map serves the model before and after it is wrapped. Look parameters up with
+    :meth:`depth_of` or iterate them with :meth:`named_depths`, never with raw names.
+
     Attributes:
         num_layers: ``L``, the number of encoder blocks.
-        block_path: dotted path of the ``nn.ModuleList`` holding the blocks.
-        depths: parameter name (as in ``model.named_parameters()``) -> depth in ``0..L+1``.
-        modules: depth -> the module paths that hold that depth's parameters (for display).
+        block_path: canonical dotted path of the ``nn.ModuleList`` holding the blocks.
+        depths: canonical parameter name -> depth in ``0..L+1``.
+        modules: depth -> the canonical module paths that hold that depth's parameters (for display).
     """
 
     num_layers: int
@@ -50,6 +56,32 @@ class LayerMap:
     @property
     def head_depth(self) -> int:
         return self.num_layers + 1
+
+    def depth_of(self, name: str) -> int:
+        """The depth of the parameter ``name`` as any wrapped or unwrapped form of the model names it.
+
+        Raises:
+            KeyError: the parameter is not in this map (a map of another model); the message says so.
+        """
+        try:
+            return self.depths[strip_wrappers(name)]
+        except KeyError:
+            raise KeyError(f"parameter {name!r} is not in this layer map (built for another model? the map has "
+                           f"{len(self.depths)} parameters, e.g. {next(iter(self.depths))!r})") from None
+
+    def named_depths(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter, int]]:
+        """``(name, parameter, depth)`` for every parameter of ``model``, wrapped (DDP, FSDP1/2, activation
+        checkpointing, ``torch.compile``) or not; names as ``model.named_parameters()`` gives them."""
+        for name, param in model.named_parameters():
+            yield name, param, self.depth_of(name)
+
+    def blocks(self, model: nn.Module) -> nn.Module:
+        """The block list inside ``model`` (wrapped or not); its items may be wrapper modules."""
+        for name, module in model.named_modules():
+            if strip_wrappers(name) == self.block_path and isinstance(module, (nn.ModuleList, nn.Sequential)):
+                return module
+        raise UnsupportedModelError(f"{type(model).__name__} has no block list {self.block_path!r}: this layer map "
+                                    "was built for another model")
 
 
 def strip_wrappers(name: str) -> str:
@@ -211,7 +243,7 @@ def discover_layers(model: nn.Module) -> LayerMap:
             depth = 0
         else:
             depth = num_layers + 1
-        depths[raw_name] = depth
+        depths[name] = depth
         paths = modules.setdefault(depth, [])
         if module_path not in paths:
             paths.append(module_path)
@@ -219,7 +251,7 @@ def discover_layers(model: nn.Module) -> LayerMap:
 
 
 def layer_map(model: nn.Module) -> dict[str, int]:
-    """Map every parameter name (as in ``model.named_parameters()``) to its depth.
+    """Map every parameter name (as ``model.named_parameters()`` gives it, wrapper prefixes included) to its depth.
 
     Depth 0 is the embeddings, ``1..L`` the encoder blocks bottom to top, ``L+1`` the
     pooler and head. See :func:`discover_layers` for the rules.
@@ -229,4 +261,5 @@ def layer_map(model: nn.Module) -> dict[str, int]:
         >>> depths["bert.embeddings.word_embeddings.weight"]
         0
     """
-    return discover_layers(model).depths
+    layers = discover_layers(model)
+    return {name: depth for name, _, depth in layers.named_depths(model)}

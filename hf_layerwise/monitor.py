@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .layers import LayerMap, discover_layers
-from .stats import lr_by_depth
+from .stats import is_sharded, local_part, lr_by_depth, sum_over_shards
 
 __all__ = ["HealthConfig", "HealthMonitor", "NonFiniteError", "HealthAlarm", "check_finite_parameters"]
 
@@ -53,10 +53,13 @@ def check_finite_parameters(model: nn.Module, step: int) -> None:
     named = list(model.named_parameters())
     if not named:
         return
-    with torch.no_grad():
-        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).cpu()
+    with torch.no_grad():  # this process's parts; under FSDP every process learns of a NaN in any shard
+        finite = torch.stack([torch.isfinite(local_part(p)).all() for _, p in named]).to(torch.float64)
+        if is_sharded(p for _, p in named):
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        finite = finite.cpu()
     if not bool(finite.all()):
-        name = named[int((~finite).nonzero()[0])][0]
+        name = named[int((finite == 0).nonzero()[0])][0]
         raise NonFiniteError(f"step {step}: parameter {name} holds NaN/inf values, so no checkpoint or model is "
                              "saved; likely cause: a too high learning rate, clipping off, or invalid inputs")
 
@@ -119,7 +122,10 @@ class HealthMonitor:
             if logs: accelerator.log(logs, step=step)
         monitor.close()
 
-    Only the main process (``is_main_process=True``) writes files; every process measures and alarms.
+    Only the main process (``is_main_process=True``) writes files; every process measures and alarms. A model
+    compiled with ``torch.compile`` gets every figure but the dead-unit fractions (its graph skips the hooks). On a model
+    sharded by FSDP1 (``use_orig_params=True``) or FSDP2, norms, counts and update ratios are those of the full
+    tensors (each process's shards summed in one collective); the histograms show the main process's shards.
     """
 
     def __init__(self, model: nn.Module, cfg: HealthConfig | None = None, run_dir: str | None = None,
@@ -130,10 +136,16 @@ class HealthMonitor:
         self.is_main = is_main_process
         self.run_dir = run_dir
         self._by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
-        for name, param in model.named_parameters():
-            self._by_depth.setdefault(self.layers.depths[name], []).append((name, param))
-        blocks = model.get_submodule(self.layers.block_path) if self.layers.block_path else []
+        for name, param, depth in self.layers.named_depths(model):
+            self._by_depth.setdefault(depth, []).append((name, param))
+        self._sharded = is_sharded(p for ps in self._by_depth.values() for _, p in ps)  # FSDP: sum over processes
+        blocks = self.layers.blocks(model) if self.layers.block_path else []
         self._ffn = {i + 1: _ffn_input(b) for i, b in enumerate(blocks)}
+        if any("_orig_mod" in name.split(".") for name, _ in model.named_modules()):
+            # a compiled graph does not call forward hooks added after compilation: say so instead of going quiet
+            logger.warning("HealthMonitor: the model is compiled (torch.compile), which ignores hooks added later; "
+                           "dead-unit fractions are not measured")
+            self._ffn = {}
         self._hooks: list[Any] = []
         self._step: int | None = None
         self._grad_sq: dict[int, float] = {}
@@ -181,8 +193,8 @@ class HealthMonitor:
         return True
 
     def _grad_hook(self, depth: int):
-        def hook(param: torch.Tensor) -> None:  # the latest accumulated gradient wins
-            self._grad_sq[id(param)] = (depth, float(param.grad.detach().float().pow(2).sum()))
+        def hook(param: torch.Tensor) -> None:  # the latest accumulated gradient wins; this process's part of it
+            self._grad_sq[id(param)] = (depth, local_part(param.grad.detach()).double().pow(2).sum())
         return hook
 
     def _ffn_hook(self, depth: int):
@@ -197,14 +209,27 @@ class HealthMonitor:
         steps only): a NaN gradient stops the run before it reaches the weights."""
         if self._step is None:
             return
+        depths = sorted(self._by_depth)
         with torch.no_grad():
-            for depth, params in sorted(self._by_depth.items()):
-                grads = [p.grad for _, p in params if p.grad is not None]
-                if grads and not math.isfinite(float(torch.nn.utils.get_total_norm(grads))):
-                    self._nonfinite(self._step, f"depth {depth}: gradients are non-finite before the optimizer step",
-                                    "a too high learning rate for this depth, fp16 overflow, or a bad batch")
-        self._before = {d: [p.detach().clone() for _, p in params if p.requires_grad]
-                        for d, params in self._by_depth.items()}
+            squares = self._summed([[local_part(p.grad) for _, p in self._by_depth[d] if p.grad is not None]
+                                    for d in depths])
+        for depth, square in zip(depths, squares.tolist()):
+            if not math.isfinite(square):
+                self._nonfinite(self._step, f"depth {depth}: gradients are non-finite before the optimizer step",
+                                "a too high learning rate for this depth, fp16 overflow, or a bad batch")
+        self._before = {d: [local_part(p.detach()).clone() for p in self._trainable(d)] for d in self._by_depth}
+
+    def _trainable(self, depth: int) -> list[nn.Parameter]:
+        return [p for _, p in self._by_depth[depth] if p.requires_grad]
+
+    def _summed(self, groups: list[list[torch.Tensor]], *extra: torch.Tensor) -> torch.Tensor:
+        """Per group, the sum of squares of its tensors (plus ``extra`` per-group figures), added up over the
+        processes when the model is sharded: one collective and one host sync."""
+        device = next((t.device for g in groups for t in g), torch.device("cpu"))
+        zero = torch.zeros((), dtype=torch.float64, device=device)
+        squares = torch.stack([sum((t.double().pow(2).sum() for t in g), zero) for g in groups])
+        return sum_over_shards(torch.stack([squares, *(e.to(squares) for e in extra)]) if extra else squares,
+                               self._sharded).cpu()
 
     def end(self, optimizer: torch.optim.Optimizer | None = None, loss: torch.Tensor | float | None = None,
             grad_norms: dict[int, float] | None = None) -> dict[str, float]:
@@ -225,33 +250,39 @@ class HealthMonitor:
             record["loss"] = value
             if not math.isfinite(value):
                 self._nonfinite(step, f"the loss is {value}", "the learning rate is too high or clipping is off")
-        grad_sq: dict[int, float] = {}
-        if grad_norms is not None:
-            grad_sq = {depth: norm * norm for depth, norm in grad_norms.items()}
-        else:
-            for depth, value in self._grad_sq.values():
-                grad_sq[depth] = grad_sq.get(depth, 0.0) + value
-        with torch.no_grad():
-            for depth, params in sorted(self._by_depth.items()):
-                weights = [p.detach() for _, p in params]
-                w_norm = float(torch.nn.utils.get_total_norm(weights))
-                numel = sum(w.numel() for w in weights)
-                near = sum(int((w.abs() < self.cfg.near_zero).sum()) for w in weights) / max(numel, 1)
-                stats = {"weight_norm": w_norm, "near_zero": near}
-                if depth in grad_sq:
-                    stats["grad_norm"] = math.sqrt(grad_sq[depth])
-                if self._before is not None and self._before.get(depth):
-                    current = [p.detach() for _, p in params if p.requires_grad]
-                    delta = float(torch.nn.utils.get_total_norm([c - b for c, b in zip(current, self._before[depth])]))
-                    stats["update_ratio"] = delta / w_norm if w_norm > 0 else math.inf
-                if depth in self._ever_active:
-                    stats["dead_units"] = float(1.0 - self._ever_active[depth].float().mean())
-                record["depths"][depth] = stats
-                for figure in ("weight_norm", "grad_norm"):
-                    if figure in stats and not math.isfinite(stats[figure]):
-                        what = "weights" if figure == "weight_norm" else "gradients"
-                        self._nonfinite(step, f"depth {depth}: {what} are non-finite ({figure}={stats[figure]})",
-                                        "a too high learning rate for this depth, fp16 overflow, or missing clipping")
+        depths = sorted(self._by_depth)
+        with torch.no_grad():  # this process's parts; under FSDP summed over the processes in one collective
+            weights = [[local_part(p.detach()) for _, p in self._by_depth[d]] for d in depths]
+            near = torch.tensor([sum(int((w.abs() < self.cfg.near_zero).sum()) for w in ws) for ws in weights],
+                                dtype=torch.float64)
+            numel = torch.tensor([sum(w.numel() for w in ws) for ws in weights], dtype=torch.float64)
+            hooked = torch.zeros(len(depths), dtype=torch.float64)
+            for depth, square in self._grad_sq.values():
+                hooked[depths.index(depth)] += float(square)
+            w_sq, near, numel, hooked = self._summed(weights, near, numel, hooked).unbind(0)
+            d_sq = None
+            if self._before is not None:
+                d_sq = self._summed([[local_part(p.detach()) - b for p, b in zip(self._trainable(d), self._before[d])]
+                                     for d in depths])
+        hooked_depths = {d for d, _ in self._grad_sq.values()}
+        for i, depth in enumerate(depths):
+            w_norm = math.sqrt(float(w_sq[i]))
+            stats = {"weight_norm": w_norm, "near_zero": float(near[i]) / max(float(numel[i]), 1.0)}
+            if grad_norms is not None:
+                if depth in grad_norms:
+                    stats["grad_norm"] = grad_norms[depth]
+            elif depth in hooked_depths or hooked[i] > 0:
+                stats["grad_norm"] = math.sqrt(float(hooked[i]))
+            if d_sq is not None and self._before.get(depth):
+                stats["update_ratio"] = math.sqrt(float(d_sq[i])) / w_norm if w_norm > 0 else math.inf
+            if depth in self._ever_active:
+                stats["dead_units"] = float(1.0 - self._ever_active[depth].float().mean())
+            record["depths"][depth] = stats
+            for figure in ("weight_norm", "grad_norm"):
+                if figure in stats and not math.isfinite(stats[figure]):
+                    what = "weights" if figure == "weight_norm" else "gradients"
+                    self._nonfinite(step, f"depth {depth}: {what} are non-finite ({figure}={stats[figure]})",
+                                    "a too high learning rate for this depth, fp16 overflow, or missing clipping")
         self._before = None
         if optimizer is not None:
             record["lr"] = lr_by_depth(optimizer)
@@ -322,17 +353,20 @@ class HealthMonitor:
     def _histograms(self, step: int) -> None:
         for depth in self._by_depth:
             params = self._matrices(depth)
-            weights = torch.cat([p.detach().float().flatten() for p in params])
-            self._tb.add_histogram(f"weights/depth{depth}", weights, step)
-            grads = [p.grad.detach().float().flatten() for p in params if p.grad is not None]
-            if grads:
+            weights = torch.cat([local_part(p.detach()).float().flatten() for p in params])
+            if weights.numel():  # an FSDP process may hold no part of a depth
+                self._tb.add_histogram(f"weights/depth{depth}", weights, step)
+            grads = [local_part(p.grad.detach()).float().flatten() for p in params if p.grad is not None]
+            if grads and sum(g.numel() for g in grads):
                 self._tb.add_histogram(f"grads/depth{depth}", torch.cat(grads), step)
         self._tb.flush()
 
     def final_histograms(self, step: int) -> None:
         """Write each depth's weight-matrix histogram to health.jsonl (the report draws the last one)."""
         for depth in sorted(self._by_depth):
-            weights = torch.cat([p.detach().float().flatten().cpu() for p in self._matrices(depth)])
+            weights = torch.cat([local_part(p.detach()).float().flatten().cpu() for p in self._matrices(depth)])
+            if not weights.numel():
+                continue
             lo, hi = float(weights.min()), float(weights.max())
             counts = torch.histc(weights, bins=self.cfg.histogram_bins, min=lo, max=hi if hi > lo else lo + 1e-6)
             self._write({"type": "weight_histogram", "step": step, "depth": depth, "min": lo, "max": hi,

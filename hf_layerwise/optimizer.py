@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -12,7 +13,7 @@ from .config import LayerwiseConfig
 from .freezing import set_stage
 from .layers import LayerMap, discover_layers
 
-__all__ = ["param_groups", "create_optimizer", "no_weight_decay_names", "group_name"]
+__all__ = ["param_groups", "create_optimizer", "no_weight_decay_names", "group_name", "param_group_mismatch"]
 
 # Last component of a module path that names a normalization layer: LayerNorm, layer_norm,
 # rms_norm, norm, final_norm, norm1, ln_1, ln_f, ...
@@ -97,8 +98,7 @@ def param_groups(
     no_decay = no_weight_decay_names(model)
 
     groups: dict[tuple[float, bool, int], dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        depth = layers.depths[name]
+    for name, param, depth in layers.named_depths(model):
         if not cfg.is_trainable(depth, num_layers):
             continue
         scale = cfg.lr_multiplier(depth, num_layers)
@@ -153,3 +153,31 @@ def create_optimizer(
     groups = param_groups(model, cfg, lr, layers=layers)
     set_stage(model, cfg, layers, stage=stage)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs)
+
+
+def param_group_mismatch(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, lr: float,
+                         layers: LayerMap | None = None) -> str | None:
+    """Why the optimizer that will actually step does not hold ``cfg``'s layer-wise groups at base ``lr``, or None.
+
+    ``optimizer`` may be wrapped (accelerate's ``AcceleratedOptimizer``, a DeepSpeed ZeRO optimizer): the innermost
+    ``.optimizer`` is read, because that is the one the engine steps. Compared: the group names in order and each
+    group's base learning rate (``initial_lr`` once a scheduler is attached), not parameter identities, which FSDP and
+    DeepSpeed replace. Detects a plain Trainer's default groups, a replaced optimizer, and an engine that merged groups
+    or lost their learning rates.
+
+    Example:
+        >>> model, optimizer = accelerator.prepare(model, optimizer)              # doctest: +SKIP
+        >>> assert param_group_mismatch(optimizer, model, cfg, lr=2e-5) is None
+    """
+    inner = optimizer
+    while hasattr(inner, "optimizer") and hasattr(inner.optimizer, "param_groups"):
+        inner = inner.optimizer
+    want = [(g["name"], g["lr"]) for g in param_groups(model, cfg, lr, layers=layers)]
+    got = [(g.get("name"), float(g.get("initial_lr", g["lr"]))) for g in getattr(inner, "param_groups", [])]
+    if [n for n, _ in got] != [n for n, _ in want]:
+        return (f"{type(inner).__name__} holds {len(got)} group(s) {[n for n, _ in got]}, the layer-wise config "
+                f"asks for {len(want)}: {[n for n, _ in want]}")
+    wrong = [f"{n} {a:.3g} (asked {b:.3g})" for (n, a), (_, b) in zip(got, want) if not math.isclose(a, b, rel_tol=1e-6)]
+    if wrong:
+        return f"{type(inner).__name__} steps other learning rates: {', '.join(wrong)}"
+    return None

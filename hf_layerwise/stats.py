@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .layers import LayerMap
 
-__all__ = ["DepthGradNorms", "lr_by_depth", "scale_to_preclip", "flat_logs"]
+__all__ = ["DepthGradNorms", "lr_by_depth", "scale_to_preclip", "flat_logs", "local_part", "is_sharded",
+           "sum_over_shards"]
 
 
 def lr_by_depth(optimizer: torch.optim.Optimizer) -> dict[int, float]:
@@ -30,11 +33,38 @@ def lr_by_depth(optimizer: torch.optim.Optimizer) -> dict[int, float]:
     return dict(sorted(lrs.items()))
 
 
+_SUM_DTYPE = torch.float64  # squared norms and counts: no overflow for large norms, exact counts
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` this process holds: an FSDP2 DTensor's local shard, the tensor itself otherwise (FSDP1
+    with ``use_orig_params=True`` already exposes local views of its flat parameters)."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def is_sharded(params: Iterable[torch.Tensor]) -> bool:
+    """Whether ``params`` are shards spread over the processes of the default group (FSDP1 flat-parameter views or
+    FSDP2 DTensors), so that per-depth sums must be added up across processes. DDP replicas are not."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    return any(getattr(p, "_fsdp_flattened", False) or hasattr(p, "device_mesh") for p in params)
+
+
+def sum_over_shards(values: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """``values`` (per-process partial sums) added up across processes when the parameters are sharded."""
+    if sharded:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
 class DepthGradNorms:
     """Computes the L2 norm of the gradients of each depth in one pass.
 
     Built once per run (it groups the parameters by depth), called only on the steps that are
-    logged, so the training steps in between pay nothing.
+    logged, so the training steps in between pay nothing. Works on wrapped models: under FSDP1/FSDP2
+    each process sums the squares of its gradient shards and one all-reduce adds them up, so every
+    process gets the norms of the full gradients (under DDP the gradients are already averaged).
 
     Example:
         >>> norms = DepthGradNorms(model, discover_layers(model))   # doctest: +SKIP
@@ -44,20 +74,29 @@ class DepthGradNorms:
 
     def __init__(self, model: nn.Module, layers: LayerMap) -> None:
         self._by_depth: dict[int, list[nn.Parameter]] = {}
-        for name, param in model.named_parameters():
-            self._by_depth.setdefault(layers.depths[name], []).append(param)
+        for _, param, depth in layers.named_depths(model):
+            self._by_depth.setdefault(depth, []).append(param)
+        self._depths = sorted(self._by_depth)
+        params = [p for ps in self._by_depth.values() for p in ps]
+        self._sharded = is_sharded(params)
+        self._device = params[0].device if params else torch.device("cpu")
 
     def __call__(self) -> dict[int, float]:
-        depths, norms = [], []
-        for depth, params in self._by_depth.items():
-            grads = [p.grad for p in params if p.grad is not None]
-            if grads:
-                depths.append(depth)
-                norms.append(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
-        if not norms:
+        squares, present = [], []
+        for depth in self._depths:
+            grads = [local_part(p.grad) for p in self._by_depth[depth] if p.grad is not None]
+            grads = [g for g in grads if g.numel()]
+            present.append(float(bool(grads)))
+            norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else torch.zeros((),
+                                                                                                device=self._device)
+            squares.append(norm.to(self._device, _SUM_DTYPE) ** 2)
+        if not squares:
             return {}
-        values = torch.stack([n.float().cpu() for n in norms]).tolist()  # one sync for all depths
-        return dict(sorted(zip(depths, values)))
+        summed = sum_over_shards(torch.cat([torch.stack(squares), torch.tensor(present, dtype=_SUM_DTYPE,
+                                                                               device=self._device)]),
+                                 self._sharded).cpu()  # one collective and one host sync for all depths
+        n = len(self._depths)
+        return {d: math.sqrt(float(summed[i])) for i, d in enumerate(self._depths) if summed[n + i] > 0}
 
 
 def total_norm(per_depth: dict[int, float]) -> float:

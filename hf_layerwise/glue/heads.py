@@ -24,7 +24,7 @@ def head_linear(model: nn.Module, num_labels: int) -> nn.Linear:
     """The output layer of the classification head: the last ``nn.Linear`` after the encoder with ``num_labels``
     outputs."""
     layers = discover_layers(model)
-    head = [n for n, d in layers.depths.items() if d == layers.head_depth]
+    head = {n for n, _, d in layers.named_depths(model) if d == layers.head_depth}
     candidates = [m for name, m in model.named_modules()
                   if isinstance(m, nn.Linear) and m.out_features == num_labels and f"{name}.weight" in head]
     if not candidates:
@@ -53,7 +53,7 @@ def reinit_top_layers(model: nn.Module, n: int) -> list[str]:
     init = getattr(model, "_init_weights", None)
     if init is None:
         raise ValueError(f"{type(model).__name__} has no _init_weights to re-initialize blocks with")
-    blocks = model.get_submodule(layers.block_path)
+    blocks = layers.blocks(model)
     names = []
     for index in range(layers.num_layers - n, layers.num_layers):
         # transformers 5 marks loaded tensors and modules `_is_hf_initialized`, and its init functions then skip

@@ -244,11 +244,18 @@ def _file_problem(path: str) -> str | None:
     return None
 
 
+# What a checkpoint must hold: (what it is, the name it usually has, a pattern any of its layouts matches). Under FSDP
+# weights and optimizer state are sharded folders (pytorch_model_fsdp_0/, optimizer_0/); under DeepSpeed one folder
+# holds both (pytorch_model/ for accelerate, global_stepN/ for the Trainer).
 _REQUIRED = {
-    "accelerate": (("model.safetensors", "pytorch_model.bin"), ("optimizer.bin",), ("random_states_0.pkl",),
-                   ("progress.json",)),
-    "trainer": (("model.safetensors", "pytorch_model.bin"), ("optimizer.pt", "optimizer.bin"), ("scheduler.pt",),
-                ("trainer_state.json",)),
+    "accelerate": (("model weights", "model.safetensors", re.compile(r"^(model|pytorch_model)")),
+                   ("optimizer state", "optimizer.bin", re.compile(r"^(optimizer|pytorch_model$)")),
+                   ("RNG states", "random_states_0.pkl", re.compile(r"^random_states_0\.pkl$")),
+                   ("loop progress", "progress.json", re.compile(r"^progress\.json$"))),
+    "trainer": (("model weights", "model.safetensors", re.compile(r"^(model|pytorch_model|adapter_model)")),
+                ("optimizer state", "optimizer.pt", re.compile(r"^(optimizer|global_step\d+$)")),
+                ("scheduler state", "scheduler.pt", re.compile(r"^scheduler\.pt$")),
+                ("trainer state", "trainer_state.json", re.compile(r"^trainer_state\.json$"))),
 }
 
 
@@ -263,14 +270,15 @@ def checkpoint_problem(path: str, kind: str = "accelerate") -> str | None:
     """
     if not os.path.isdir(path):
         return f"{path} is not a folder"
-    present = set(os.listdir(path))
-    for alternatives in _REQUIRED[kind]:
-        if not present & set(alternatives):
-            return f"{os.path.join(path, alternatives[0])} is missing"
-    for name in sorted(present):
-        problem = _file_problem(os.path.join(path, name))
-        if problem:
-            return f"{os.path.join(path, name)} is {problem}"
+    present = os.listdir(path)
+    for what, usual, pattern in _REQUIRED[kind]:
+        if not any(pattern.match(name) for name in present):
+            return f"{os.path.join(path, usual)} is missing (no {what})"
+    for folder, _, files in sorted(os.walk(path)):  # sharded layouts keep their files in sub-folders
+        for name in sorted(files):
+            problem = _file_problem(os.path.join(folder, name))
+            if problem:
+                return f"{os.path.join(folder, name)} is {problem}"
     return None
 
 
