@@ -45,12 +45,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_layerwise import (DepthGradNorms, GradualUnfreezer, HealthConfig, HealthMonitor,  # noqa: E402
                           check_training_setup, create_optimizer, lr_by_depth)
+from hf_layerwise.optimizer import param_group_mismatch  # noqa: E402
 from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
-from hf_layerwise.glue.recipe import (check_environment, load_data, load_model, load_tokenizer,  # noqa: E402
-                                      loss_class_weights, model_config, open_output_dir, results_record)
+from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, load_data, load_model,  # noqa: E402
+                                      load_tokenizer, loss_class_weights, model_config, open_output_dir,
+                                      pad_multiple, results_record)
 from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
                                        stop_with_sweep, write_json_atomic)
 from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
@@ -74,7 +76,9 @@ class TrainProgress:
     loss_sums: list[float] = field(default_factory=list)  # per process: losses summed since the last log
     loss_count: int = 0  # micro-batches in those sums
     trained_samples: int = 0
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # the whole loop, evaluations and checkpoints included
+    eval_time_s: float = 0.0
+    checkpoint_time_s: float = 0.0
     resumed_from: list[str] = field(default_factory=list)
 
     def save(self, folder: str) -> None:
@@ -148,11 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
     # -- model and layer-wise optimizer --------------------------------------------------------------------------------
     model = load_model(args, config, raw["train"]["label"])
     optimizer, unfreezer = make_optimizer(args, model, accelerator)  # the config checked against the model
-    loss_weights = loss_class_weights(args, raw)
+    run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders,
+                   loss_class_weights(args, raw), settings)  # prepared; the groups checked as the engine holds them
     claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
                      is_main_process=accelerator.is_main_process)  # from here on the folder is this run's
-    run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders, loss_weights,
-                   settings)
+    open_logs(run)
 
     # -- resume --------------------------------------------------------------------------------------------------------
     resume(run, checkpoint)
@@ -194,6 +198,7 @@ def make_accelerator(args: RecipeArguments) -> Accelerator:
             gradient_accumulation_steps=train.gradient_accumulation_steps,
             log_with=None if train.report_to == "none" else train.report_to, project_dir=train.output_dir,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            dynamo_backend=train.torch_compile_backend.upper() if train.torch_compile else None,
         )
     check_world_size(accelerator)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
@@ -208,11 +213,13 @@ def make_dataloaders(args: RecipeArguments, task: GlueTask, raw: datasets.Datase
                      accelerator: Accelerator) -> tuple[DataLoader, dict[str, DataLoader]]:
     with accelerator.main_process_first():
         tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if args.train.mixed_precision != "no" else None)
-    train = DataLoader(tokenized["train"].remove_columns("idx"), shuffle=True, collate_fn=collator,
-                       batch_size=args.train.per_device_train_batch_size)
-    evals = {s: DataLoader(tokenized[s].remove_columns("idx"), collate_fn=collator,
-                           batch_size=args.train.per_device_eval_batch_size) for s in task.eval_splits}
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(args))
+    workers, pin = dataloader_workers(args, cuda=accelerator.device.type == "cuda")
+    common = dict(collate_fn=collator, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    train = DataLoader(tokenized["train"].remove_columns("idx"), shuffle=True,
+                       batch_size=args.train.per_device_train_batch_size, **common)
+    evals = {s: DataLoader(tokenized[s].remove_columns("idx"), batch_size=args.train.per_device_eval_batch_size,
+                           **common) for s in task.eval_splits}
     return train, evals
 
 
@@ -222,7 +229,8 @@ def make_optimizer(args: RecipeArguments, model: nn.Module, accelerator: Acceler
     cfg = args.layerwise
     with usage_errors("layer-wise options"):
         unfreezer = GradualUnfreezer(model, cfg)  # checks the config against the model's blocks
-        optimizer = create_optimizer(model, cfg, lr=args.train.learning_rate, layers=unfreezer.layers)
+        optimizer = create_optimizer(model, cfg, lr=args.train.learning_rate, layers=unfreezer.layers,
+                                     fused=True if accelerator.device.type == "cuda" else None)
         check_training_setup(model, cfg, unfreezer.layers, accelerator.state)  # FSDP/DeepSpeed/checkpointing traps
     return optimizer, unfreezer
 
@@ -230,7 +238,8 @@ def make_optimizer(args: RecipeArguments, model: nn.Module, accelerator: Acceler
 def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, model: nn.Module, optimizer: Any,
              unfreezer: GradualUnfreezer, train_loader: DataLoader, eval_loaders: dict[str, DataLoader],
              loss_weights: torch.Tensor | None, settings: dict[str, Any]) -> Run:
-    """The scheduler, everything through ``accelerator.prepare``, the trackers and the run's measuring tools."""
+    """The scheduler and everything through ``accelerator.prepare``; then the optimizer the engine will step must
+    hold the layer-wise groups at their learning rates (a sharding engine that merged or lost them is refused)."""
     train = args.train
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / train.gradient_accumulation_steps)
     max_train_steps = train.max_train_steps or math.ceil(train.num_train_epochs * steps_per_epoch)
@@ -242,21 +251,40 @@ def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, mo
     model, optimizer, train_loader, *eval_list = accelerator.prepare(model, optimizer, train_loader,
                                                                       *eval_loaders.values())
     accelerator.register_for_checkpointing(scheduler)
+    if train.monitor and accelerator.distributed_type == "DEEPSPEED":
+        raise UsageError("--monitor under DeepSpeed: DeepSpeed keeps gradients (and under ZeRO-3 the weights) in its "
+                         "own partitioned buffers, so per-depth figures cannot be measured; drop --monitor, or use DDP "
+                         "or FSDP")
+    problem = param_group_mismatch(optimizer, model, args.layerwise, train.learning_rate, layers=unfreezer.layers)
+    if problem:
+        raise UsageError(f"the optimizer {accelerator.distributed_type} steps does not keep the layer-wise groups: "
+                         f"{problem}. Use DDP, FSDP with use_orig_params, or a DeepSpeed version that keeps "
+                         "per-group learning rates")
     unfreezer.attach_distributed()  # blocks unfrozen after DDP wrapped the model get their gradients averaged
-    if accelerator.is_main_process and train.report_to != "none":
-        accelerator.init_trackers("glue", config={k: str(v) for k, v in settings.items()})
-    monitor = None
-    if train.monitor:  # health statistics every --monitor_every steps; hooks exist only on those steps
-        monitor = HealthMonitor(accelerator.unwrap_model(model), HealthConfig(every_n_steps=train.monitor_every),
-                                run_dir=train.output_dir, layers=unfreezer.layers,
-                                is_main_process=accelerator.is_main_process)
     return Run(args=args, task=task, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                unfreezer=unfreezer, train_loader=train_loader, eval_loaders=dict(zip(eval_loaders, eval_list)),
                metric=load_metric(task.name, experiment_id=f"{os.getpid()}-{accelerator.process_index}"),
                plan=plan, settings=settings, grad_norms=DepthGradNorms(accelerator.unwrap_model(model),
                                                                        unfreezer.layers),
-               loss_weights=None if loss_weights is None else loss_weights.to(accelerator.device), monitor=monitor,
+               loss_weights=None if loss_weights is None else loss_weights.to(accelerator.device),
                running_loss=torch.zeros((), device=accelerator.device))
+
+
+def open_logs(run: Run) -> None:
+    """Trackers (``--report_to``) and the health monitor (``--monitor``), once the folder is this run's; the groups
+    as the engine holds them go to the log."""
+    acc, train = run.accelerator, run.args.train
+    if acc.is_main_process and train.report_to != "none":
+        acc.init_trackers("glue", config={k: str(v) for k, v in run.settings.items()})
+    if train.monitor:  # health statistics every --monitor_every steps; hooks exist only on those steps
+        run.monitor = HealthMonitor(acc.unwrap_model(run.model), HealthConfig(every_n_steps=train.monitor_every),
+                                    run_dir=train.output_dir, layers=run.unfreezer.layers,
+                                    is_main_process=acc.is_main_process)
+    inner = run.optimizer
+    while hasattr(inner, "optimizer") and hasattr(inner.optimizer, "param_groups"):
+        inner = inner.optimizer
+    logger.info("optimizer groups as %s steps them: %s", type(inner).__name__,
+                ", ".join(f"{g.get('name')} lr={g.get('initial_lr', g['lr']):.3g}" for g in inner.param_groups))
 
 
 def resume(run: Run, checkpoint: str | None) -> None:
@@ -415,14 +443,16 @@ def save_checkpoint(run: Run) -> None:
     mid-save leaves no complete-looking checkpoint, and non-finite weights are never saved."""
     acc, progress = run.accelerator, run.progress
     output_dir, step = run.args.train.output_dir, progress.completed_steps
+    started = time.perf_counter()
     check_finite_parameters(run.model, step)
     progress.loss_sums = acc.gather(run.running_loss.reshape(1)).tolist()  # every process's, restored per process
-    progress.train_time_s = run.elapsed()
     final, tmp = os.path.join(output_dir, f"step_{step}"), os.path.join(output_dir, f".tmp-step_{step}")
     if acc.is_main_process and os.path.isdir(tmp):
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
     acc.save_state(tmp)
+    progress.checkpoint_time_s += time.perf_counter() - started
+    progress.train_time_s = run.elapsed()
     if acc.is_main_process:
         progress.save(tmp)
         write_json_atomic(os.path.join(tmp, RUN_CONFIG), run.settings)
@@ -449,10 +479,12 @@ def evaluate_epoch(run: Run, epoch: int) -> None:
     """Every dev split (MNLI's mismatched one as ``*_mm``), into the history; the best model kept for early
     stopping."""
     progress, train, main = run.progress, run.args.train, run.task.main_metric
+    started = time.perf_counter()
     metrics = {}
     for split, loader in run.eval_loaders.items():
         suffix = "_mm" if split == "validation_mismatched" else ""
         metrics.update({f"{k}{suffix}": v for k, v in evaluate(run, loader).items()})
+    progress.eval_time_s += time.perf_counter() - started
     progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
     logger.info("epoch %d: %s", epoch + 1, metrics)
     if train.report_to != "none":
@@ -479,7 +511,8 @@ def save_model(run: Run, target: str, tokenizer: Any = None) -> None:
     check_finite_parameters(run.model, run.progress.completed_steps)
     acc = run.accelerator
     acc.wait_for_everyone()
-    acc.unwrap_model(run.model).save_pretrained(target, is_main_process=acc.is_main_process, save_function=acc.save)
+    acc.unwrap_model(run.model).save_pretrained(target, is_main_process=acc.is_main_process, save_function=acc.save,
+                                                state_dict=acc.get_state_dict(run.model))  # full weights under FSDP
     if tokenizer is not None and acc.is_main_process:
         tokenizer.save_pretrained(target)
 
@@ -499,6 +532,7 @@ def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any) -> dict:
     results = results_record(
         run.args, raw, run.metric, metrics=metrics, history=progress.history, log_history=progress.log_history,
         num_processes=acc.num_processes, completed_steps=progress.completed_steps, train_time_s=train_time,
+        eval_time_s=progress.eval_time_s, checkpoint_time_s=progress.checkpoint_time_s,
         trained_samples=progress.trained_samples, trainable_params=run.unfreezer.trainable_parameters,
         resumed_from=progress.resumed_from)
     if train.save_model:

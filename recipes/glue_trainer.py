@@ -31,8 +31,9 @@ from hf_layerwise.errors import UsageError, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
-from hf_layerwise.glue.recipe import (check_environment, load_data, load_model, load_tokenizer,  # noqa: E402
-                                      loss_class_weights, model_config, open_output_dir, results_record)
+from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, load_data, load_model,  # noqa: E402
+                                      load_tokenizer, loss_class_weights, model_config, open_output_dir,
+                                      pad_multiple, results_record)
 from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
                                        stop_with_sweep, write_json_atomic)
 from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
@@ -73,6 +74,8 @@ class RecipeCheckpoints(TrainerCallback):
     def __init__(self, settings: dict[str, Any], elapsed: Any, earlier: dict[str, Any]) -> None:
         self.settings, self.elapsed, self.earlier = settings, elapsed, earlier
         self.trainer: GlueTrainer | None = None  # set once the Trainer exists
+        self.checkpoint_time_s = earlier.get("checkpoint_time_s", 0.0)
+        self._save_started: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         pending = self.earlier.get("loss_sums")
@@ -82,10 +85,17 @@ class RecipeCheckpoints(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if control.should_save and model is not None:
+            self._save_started = time.perf_counter()
             check_finite_parameters(model, state.global_step)
 
+    on_epoch_end = on_step_end  # save_strategy "epoch" decides to save here
+
     def on_save(self, args, state, control, **kwargs):
-        record = {"train_time_s": self.elapsed(), "resumed_from": self.earlier["resumed_from"]}
+        if self._save_started is not None:
+            self.checkpoint_time_s += time.perf_counter() - self._save_started
+            self._save_started = None
+        record = {"train_time_s": self.elapsed(), "checkpoint_time_s": self.checkpoint_time_s,
+                  "resumed_from": self.earlier["resumed_from"]}
         if hasattr(self.trainer, "_tr_loss") and hasattr(self.trainer, "_globalstep_last_logged"):
             sums = self.trainer.accelerator.gather(self.trainer._tr_loss.detach().reshape(1))  # every process's
             record.update(loss_sums=sums.tolist(), last_logged=self.trainer._globalstep_last_logged)
@@ -117,13 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
     # -- trainer (layer-wise optimizer through LayerwiseTrainer), resume, train -------------------------------------
     earlier = _earlier_segments(checkpoint)
     start = time.perf_counter()
-    trainer, metric = make_trainer(args, task, model, tokenizer, tokenized, loss_class_weights(args, raw), settings,
+    trainer, metric, checkpoints = make_trainer(args, task, model, tokenizer, tokenized, loss_class_weights(args, raw), settings,
                                    elapsed=lambda: earlier["train_time_s"] + time.perf_counter() - start,
                                    earlier=earlier)
     claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
                      is_main_process=trainer.is_world_process_zero())  # every input checked: the folder is this run's
     trainer.train(resume_from_checkpoint=checkpoint)
     train_time = earlier["train_time_s"] + time.perf_counter() - start
+    eval_time = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)  # evaluations while training
 
     # -- results -------------------------------------------------------------------------------------------------------
     metrics = {}
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = results_record(
         args, raw, metric, metrics=metrics, history=_history(trainer.state.log_history),
         log_history=[h for h in trainer.state.log_history if "loss" in h], num_processes=trainer.args.world_size,
-        completed_steps=trainer.state.global_step, train_time_s=train_time,
+        completed_steps=trainer.state.global_step, train_time_s=train_time, eval_time_s=eval_time,
+        checkpoint_time_s=checkpoints.checkpoint_time_s,
         trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
         trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         resumed_from=earlier["resumed_from"])
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, tokenizer: Any, tokenized: Any,
                  loss_weights: torch.Tensor | None, settings: dict[str, Any], elapsed: Any,
-                 earlier: dict[str, Any]) -> tuple[GlueTrainer, Any]:
+                 earlier: dict[str, Any]) -> tuple[GlueTrainer, Any, RecipeCheckpoints]:
     """TrainingArguments from the recipe's arguments, the layer-wise and recipe callbacks, the Trainer."""
     train = args.train
     early = train.early_stopping_patience is not None
@@ -158,6 +170,8 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
     save_strategy = "epoch" if train.checkpointing_steps == "epoch" or early else (
         "steps" if train.checkpoint_every else "no")
     main_split = task.eval_splits[0]
+    cuda = torch.cuda.is_available() and not train.cpu
+    workers, pin = dataloader_workers(args, cuda)
     best_metric = task.main_metric if len(task.eval_splits) == 1 else f"{main_split}_{task.main_metric}"
     with usage_errors("TrainingArguments"):
         training_args = TrainingArguments(
@@ -165,12 +179,15 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
             per_device_eval_batch_size=train.per_device_eval_batch_size, learning_rate=train.learning_rate,
             num_train_epochs=train.num_train_epochs, max_steps=train.max_train_steps or -1,
             warmup_steps=train.warmup_ratio, lr_scheduler_type=train.lr_scheduler_type,
-            gradient_accumulation_steps=train.gradient_accumulation_steps, seed=train.seed, use_cpu=train.cpu,
+            gradient_accumulation_steps=train.gradient_accumulation_steps, seed=train.seed, use_cpu=not cuda,
             bf16=train.mixed_precision == "bf16", fp16=train.mixed_precision == "fp16",
             logging_steps=train.logging_steps, eval_strategy=eval_strategy, save_strategy=save_strategy,
             save_steps=train.checkpoint_every or 500, report_to=[] if train.report_to == "none" else [train.report_to],
             load_best_model_at_end=early, metric_for_best_model=best_metric if early else None,
-            disable_tqdm=False,
+            disable_tqdm=False, dataloader_num_workers=workers, dataloader_pin_memory=pin,
+            dataloader_persistent_workers=workers > 0, optim="adamw_torch_fused" if cuda else "adamw_torch",
+            torch_compile=train.torch_compile,  # a backend given to TrainingArguments turns compiling on by itself
+            **({"torch_compile_backend": train.torch_compile_backend} if train.torch_compile else {}),
         )
     checkpoints = RecipeCheckpoints(settings, elapsed, earlier)
     callbacks: list[TrainerCallback] = [LayerwiseCallback(args.layerwise), checkpoints]
@@ -185,7 +202,7 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
         return metric.compute(predictions=predictions(task, torch.as_tensor(logits)), references=prediction.label_ids)
 
     evals = {s: tokenized[s].remove_columns("idx") for s in task.eval_splits}
-    pad = 8 if train.mixed_precision != "no" else None
+    pad = pad_multiple(args)
     with usage_errors("layer-wise options"):
         trainer = GlueTrainer(
             model=model, args=training_args, train_dataset=tokenized["train"].remove_columns("idx"),
@@ -195,7 +212,7 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
         )
     trainer.loss_weights = loss_weights
     checkpoints.trainer = trainer
-    return trainer, metric
+    return trainer, metric, checkpoints
 
 
 def _earlier_segments(checkpoint: str | None) -> dict[str, Any]:

@@ -143,10 +143,15 @@ def test_accelerate_configs_load():
     for name in sorted(os.listdir(folder)):
         config = load_config_from_file(os.path.join(folder, name))
         kinds[name] = str(config.distributed_type).rsplit(".", 1)[-1]
-    assert kinds == {"cpu_multi_process.yaml": "MULTI_GPU", "deepspeed_zero2.yaml": "DEEPSPEED", "fsdp.yaml": "FSDP",
+    assert kinds == {"cpu_multi_process.yaml": "MULTI_GPU", "deepspeed_zero2.yaml": "DEEPSPEED",
+                     "deepspeed_zero3.yaml": "DEEPSPEED", "fsdp.yaml": "FSDP", "fsdp2.yaml": "FSDP",
                      "multi_gpu.yaml": "MULTI_GPU", "single_gpu.yaml": "NO"}
     fsdp = load_config_from_file(os.path.join(folder, "fsdp.yaml")).fsdp_config
-    assert fsdp["fsdp_use_orig_params"] is True
+    assert fsdp["fsdp_use_orig_params"] is True and fsdp["fsdp_version"] == 1
+    assert load_config_from_file(os.path.join(folder, "fsdp2.yaml")).fsdp_config["fsdp_version"] == 2
+    for stage in (2, 3):  # DeepSpeed clips by itself: at the layer-wise default max_grad_norm
+        ds = load_config_from_file(os.path.join(folder, f"deepspeed_zero{stage}.yaml")).deepspeed_config
+        assert ds["zero_stage"] == stage and ds["gradient_clipping"] == 1.0
 
 
 def test_finetuning_options_and_early_stopping(setup, tmp_path):

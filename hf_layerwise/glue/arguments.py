@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from accelerate.utils import DynamoBackend
 from transformers import HfArgumentParser, SchedulerType
 
 from ..config import LayerwiseArguments, LayerwiseConfig
@@ -23,6 +24,7 @@ __all__ = ["ModelArguments", "DataArguments", "TrainArguments", "RecipeArguments
 
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 SCHEDULERS = tuple(s.value for s in SchedulerType)
+BACKENDS = tuple(b.value for b in DynamoBackend if b.value != "NO")
 
 
 def _at_least(flag: str, value: Any, low: int | float, unset: str = "") -> None:
@@ -46,6 +48,9 @@ class DataArguments:
     validation_file: str | None = field(default=None, metadata={"help": "csv/tsv/json with the hub's columns"})
     max_seq_length: int = field(default=128, metadata={"help": "at most the model's position embeddings"})
     pad_to_max_length: bool = field(default=False, metadata={"help": "default: dynamic padding per batch"})
+    pad_to_multiple_of: int | None = field(default=None, metadata={
+        "help": "pad each batch to a multiple of N tokens (default: 32 with --torch_compile, so that few shapes are "
+                "compiled; 8 with mixed precision; none otherwise)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training examples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N examples of each dev set"})
 
@@ -57,6 +62,7 @@ class DataArguments:
         except ValueError as err:
             raise UsageError(f"--task_name: {one_line(err)}") from None
         _at_least("--max_seq_length", self.max_seq_length, 8)
+        _at_least("--pad_to_multiple_of", self.pad_to_multiple_of, 1)
         for flag in ("max_train_samples", "max_eval_samples"):
             _at_least(f"--{flag}", getattr(self, flag), 1, " (leave it unset to use every example)")
         if self.data_dir is not None and (self.train_file or self.validation_file):
@@ -82,6 +88,11 @@ class TrainArguments:
     seed: int = 42
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (through accelerate)"})
     cpu: bool = field(default=False, metadata={"help": "train on CPU processes (use with accelerate --multi_gpu)"})
+    dataloader_num_workers: int | None = field(default=None, metadata={
+        "help": "processes preparing batches (default: 2 per training process on CUDA, with pinned memory; 0 on "
+                "the CPU, where they would take cores from training)"})
+    torch_compile: bool = field(default=False, metadata={"help": "compile the model (torch.compile via accelerate)"})
+    torch_compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend"})
     checkpointing_steps: str | None = field(default=None, metadata={"help": "N (every N steps) or 'epoch'"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     logging_steps: int = 10
@@ -99,6 +110,7 @@ class TrainArguments:
     def __post_init__(self) -> None:
         if not self.output_dir.strip():
             raise UsageError("--output_dir is empty: pass the folder for results, checkpoints and logs")
+        _at_least("--dataloader_num_workers", self.dataloader_num_workers, 0)
         for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
                      "logging_steps", "monitor_every", "max_train_steps", "early_stopping_patience"):
             _at_least(f"--{flag}", getattr(self, flag), 1)
@@ -120,6 +132,9 @@ class TrainArguments:
             raise UsageError(f"--head_bias_init {self.head_bias_init!r}: the only value is 'prior'")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UsageError(f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
+        if self.torch_compile and self.torch_compile_backend.upper() not in BACKENDS:
+            raise UsageError(f"--torch_compile_backend {self.torch_compile_backend!r}: use one of "
+                             f"{', '.join(b.lower() for b in BACKENDS)}")
         if self.report_to not in REPORT_TO:
             raise UsageError(f"--report_to {self.report_to!r}: use one of {', '.join(REPORT_TO)}")
         steps = self.checkpointing_steps

@@ -26,7 +26,7 @@ from .heads import class_weights, init_head_bias_prior, reinit_top_layers
 from .run_dir import check_output_dir, check_same_settings, load_run_config, resolve_checkpoint
 
 __all__ = ["open_output_dir", "model_config", "max_positions", "load_data", "load_tokenizer", "load_model",
-           "loss_class_weights", "settings_fingerprint",
+           "loss_class_weights", "pad_multiple", "dataloader_workers", "settings_fingerprint",
            "majority_metrics", "results_record", "git_commit", "check_environment"]
 
 # Models whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids).
@@ -119,6 +119,21 @@ def max_positions(config: Any) -> int | None:
     return n
 
 
+def pad_multiple(args: RecipeArguments) -> int | None:
+    """Padded lengths a multiple of this: 32 with ``--torch_compile`` (at most max_seq_length/32 shapes to compile),
+    8 with mixed precision (tensor-core friendly), else none; ``--pad_to_multiple_of`` overrides."""
+    if args.data.pad_to_multiple_of is not None:
+        return args.data.pad_to_multiple_of
+    return 32 if args.train.torch_compile else 8 if args.train.mixed_precision != "no" else None
+
+
+def dataloader_workers(args: RecipeArguments, cuda: bool) -> tuple[int, bool]:
+    """(worker processes per training process, pin_memory): batches prepared off the main thread on CUDA."""
+    if args.train.dataloader_num_workers is not None:
+        return args.train.dataloader_num_workers, cuda
+    return (2, True) if cuda else (0, False)
+
+
 def load_data(args: RecipeArguments) -> datasets.DatasetDict:
     """The task's splits with ``--max_train_samples`` / ``--max_eval_samples`` applied (the first N examples)."""
     task = get_task(args.data.task_name)
@@ -177,6 +192,7 @@ def loss_class_weights(args: RecipeArguments, raw: datasets.DatasetDict) -> torc
 _RESUMABLE = {  # may differ on resume: they do not change what is trained
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "report_to", "save_model",
     "monitor", "monitor_every", "debug", "per_device_eval_batch_size", "checkpointing_steps", "cpu", "preset",
+    "dataloader_num_workers",
 }
 
 
@@ -228,12 +244,15 @@ def peak_memory_mb() -> float:
 
 def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any, *, metrics: dict[str, float],
                    history: list[dict], log_history: list[dict], num_processes: int, completed_steps: int,
-                   train_time_s: float, trained_samples: int, trainable_params: int,
-                   resumed_from: list[str]) -> dict[str, Any]:
+                   train_time_s: float, eval_time_s: float, checkpoint_time_s: float, trained_samples: int,
+                   trainable_params: int, resumed_from: list[str]) -> dict[str, Any]:
     """``results.json`` of either recipe: the same keys, whichever loop trained.
 
     ``metrics`` are the final (or, with early stopping, the best) dev metrics; ``history`` one entry per evaluation;
-    ``log_history`` every logged training step (loss, per-depth LR and gradient norm).
+    ``log_history`` every logged training step (loss, per-depth LR and gradient norm). ``train_time_s`` is the wall
+    time of the whole training loop, evaluations and checkpoints included (as in the committed study);
+    ``train_samples_per_second`` counts the training steps only: evaluation and checkpoint time are taken out and
+    reported as ``eval_time_s`` and ``checkpoint_time_s``.
     """
     import accelerate
     import transformers
@@ -257,7 +276,10 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
         "completed_steps": completed_steps,
         "resumed_from": resumed_from,
         "train_time_s": round(train_time_s, 2),
-        "train_samples_per_second": round(trained_samples / train_time_s, 2) if train_time_s > 0 else None,
+        "eval_time_s": round(eval_time_s, 2),
+        "checkpoint_time_s": round(checkpoint_time_s, 2),
+        "train_samples_per_second": round(trained_samples / training, 2) if (
+            training := train_time_s - eval_time_s - checkpoint_time_s) > 0 else None,
         "peak_memory_mb": peak_memory_mb(),
         "layerwise": args.layerwise.to_dict(),
         "trainable_params": trainable_params,
