@@ -22,9 +22,9 @@ from hf_layerwise import LayerwiseCallback, LayerwiseConfig, LayerwiseTrainer
 
 
 class Pairs(torch.utils.data.Dataset):
-    def __init__(self, n: int):
+    def __init__(self, n: int, length: int = 32):
         g = torch.Generator().manual_seed(0)
-        self.ids = torch.randint(5, 500, (n, 32), generator=g)
+        self.ids = torch.randint(5, 500, (n, length), generator=g)
 
     def __len__(self):
         return len(self.ids)
@@ -43,18 +43,23 @@ class StepClock(T.TrainerCallback):
         self.stamps.append(time.perf_counter())
 
 
-def run(layerwise: bool, steps: int) -> float:
+TINY = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
+def run(layerwise: bool, steps: int, config: dict | None = None, cuda: bool = False, bf16: bool = False,
+        batch: int = 8) -> float:
+    """Mean steady-state seconds per step of a Trainer (``layerwise=False``) or LayerwiseTrainer on a random BERT
+    (``config``: BertConfig fields; default the tiny one)."""
     torch.manual_seed(0)
-    model = T.BertForSequenceClassification(T.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2,
-                                                         num_attention_heads=2, intermediate_size=128))
-    args = T.TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=8,
-                               logging_steps=50, save_strategy="no", report_to=[], use_cpu=True,
+    model = T.BertForSequenceClassification(T.BertConfig(**(config or TINY)))
+    args = T.TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=batch,
+                               logging_steps=50, save_strategy="no", report_to=[], use_cpu=not cuda, bf16=bf16,
                                disable_tqdm=True, weight_decay=0.01, log_level="error")
     if layerwise:
-        trainer = LayerwiseTrainer(model=model, args=args, train_dataset=Pairs(steps * 8),
+        trainer = LayerwiseTrainer(model=model, args=args, train_dataset=Pairs(steps * batch),
                                    callbacks=[LayerwiseCallback(LayerwiseConfig.preset("baseline"))])
     else:
-        trainer = T.Trainer(model=model, args=args, train_dataset=Pairs(steps * 8))
+        trainer = T.Trainer(model=model, args=args, train_dataset=Pairs(steps * batch))
     clock = StepClock()
     trainer.add_callback(clock)
     trainer.train()
