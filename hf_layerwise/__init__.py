@@ -10,7 +10,7 @@ from .config import PRESETS, LayerwiseConfig
 from .freezing import GradualUnfreezer, freeze, set_stage, unfreeze
 from .layers import LayerMap, UnsupportedModelError, discover_layers, layer_map
 from .monitor import HealthConfig, HealthMonitor, NonFiniteError
-from .optimizer import create_optimizer, no_weight_decay_names, param_groups
+from .optimizer import create_optimizer, no_weight_decay_names, param_group_mismatch, param_groups
 from .stats import DepthGradNorms, lr_by_depth
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "layer_map",
     "lr_by_depth",
     "no_weight_decay_names",
+    "param_group_mismatch",
     "param_groups",
     "set_stage",
     "unfreeze",

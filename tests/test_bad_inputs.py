@@ -448,8 +448,7 @@ def test_entry_points_print_one_line(fx, tmp_path):
           str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")], 2, "no such folder"),
         ([sys.executable, os.path.join(recipes, "ablate.py"), "run", "--tasks", "rte", "--cell", "x=--top_k -1",
           "--out", str(tmp_path / "s"), "--", "--model_name_or_path", "m"], 2, "cell x (task rte)"),
-        ([sys.executable, "-m", "hf_layerwise", "describe", str(tmp_path / "none")], 2, "no such model folder"),
-    ]
+    ]  # python -m hf_layerwise as a command: tests/test_cli.py
     for cmd, code, message in commands:
         proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

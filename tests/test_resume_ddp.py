@@ -34,7 +34,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["--freeze-below", "1"], ["--unfreeze-every", "2"]], ids=["static", "gradual"])
+@pytest.mark.parametrize("extra", [["--unfreeze-every", "2"]], ids=["gradual"])  # static: tests/test_resume_exact.py
 def test_resume_equals_straight_run(tmp_path, extra):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     _run([sys.executable, RUN, str(straight), "--max-steps", "12", *extra], tmp_path)

@@ -36,6 +36,7 @@ def _args(setup, out, **extra):
     args = {"task_name": "mrpc", "model_name_or_path": model, "data_dir": str(root / "data"), "output_dir": str(out),
             "learning_rate": "1e-3", "num_train_epochs": "2", "per_device_train_batch_size": "8",
             "logging_steps": "5", "checkpointing_steps": "6", "seed": "5", "preset": "top3x5", "top_k": "2",
+            "freeze_below": "1",  # embeddings and block 1 frozen: static freezing resumes exactly too
             **extra}
     return [x for k, v in args.items() for x in ([f"--{k}"] if v is True else [f"--{k}", str(v)])] + ["--save_model"]
 
