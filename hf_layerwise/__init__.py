@@ -7,6 +7,7 @@ Example:
 
 from .callbacks import HealthCallback, LayerwiseCallback, LayerwiseTrainer, LayerwiseTrainerMixin, check_training_setup
 from .config import PRESETS, LayerwiseConfig
+from .feature_cache import CacheMismatchError, FrozenFeatureCache, add_cache_rows
 from .freezing import GradualUnfreezer, freeze, set_stage, unfreeze
 from .layers import LayerMap, UnsupportedModelError, discover_layers, layer_map
 from .monitor import HealthConfig, HealthMonitor, NonFiniteError
@@ -17,7 +18,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PRESETS",
+    "CacheMismatchError",
     "DepthGradNorms",
+    "FrozenFeatureCache",
     "GradualUnfreezer",
     "HealthCallback",
     "HealthConfig",
@@ -29,6 +32,7 @@ __all__ = [
     "LayerwiseTrainer",
     "LayerwiseTrainerMixin",
     "UnsupportedModelError",
+    "add_cache_rows",
     "check_training_setup",
     "create_optimizer",
     "discover_layers",

@@ -33,6 +33,9 @@ class LayerwiseConfig:
             depth becomes trainable, from the top down, embeddings last. Training starts with only
             the head (depth ``L+1``) trainable. 0 = off.
         unfreeze_unit: ``"epochs"`` or ``"steps"`` (optimizer steps).
+        cache_frozen: train from cached outputs of the frozen bottom (embeddings and blocks ``1..freeze_below``),
+            computed once per example without dropout: see :class:`hf_layerwise.FrozenFeatureCache`. Needs at least
+            one frozen block. Read by the GLUE recipes (``--cache_frozen``); the optimizer ignores it.
 
     Example:
         >>> cfg = LayerwiseConfig(freeze_below=6, top_k=3, top_lr_multiplier=5.0)
@@ -51,6 +54,7 @@ class LayerwiseConfig:
     max_grad_norm: float | None = 1.0
     unfreeze_every: int = 0
     unfreeze_unit: Literal["epochs", "steps"] = "epochs"
+    cache_frozen: bool = False
 
     def __post_init__(self) -> None:
         self._check()
@@ -112,6 +116,11 @@ class LayerwiseConfig:
                 f"use at most {num_layers}"
             )
         frozen = self.frozen_below(num_layers)
+        if self.cache_frozen and frozen < 1:
+            raise ValueError(
+                "LayerwiseConfig.cache_frozen=True needs frozen encoder blocks to cache, but nothing below block 1 is "
+                "frozen: set freeze_below (or freeze_fraction, or a preset such as top3x5-freeze)"
+            )
         if self.top_k and frozen >= num_layers - self.top_k + 1:
             raise ValueError(
                 f"LayerwiseConfig.top_k={self.top_k} boosts blocks {num_layers - self.top_k + 1}..{num_layers} "
@@ -210,6 +219,8 @@ class LayerwiseArguments:
     max_grad_norm: float | None = dataclasses.field(default=None, metadata={"help": "clip norm; 0 disables"})
     unfreeze_every: int | None = dataclasses.field(default=None, metadata={"help": "gradual unfreezing interval"})
     unfreeze_unit: str | None = dataclasses.field(default=None, metadata={"help": "'epochs' or 'steps'"})
+    cache_frozen: bool = dataclasses.field(default=False, metadata={
+        "help": "run the frozen bottom once per example (no dropout there) and train from its cached output"})
 
     def to_config(self, **defaults: Any) -> LayerwiseConfig:
         """The :class:`LayerwiseConfig`; ``defaults`` fill fields the command line left unset."""

@@ -17,6 +17,7 @@ shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -45,14 +46,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_layerwise import (DepthGradNorms, GradualUnfreezer, HealthConfig, HealthMonitor,  # noqa: E402
                           check_training_setup, create_optimizer, lr_by_depth)
+from hf_layerwise.feature_cache import FrozenFeatureCache, add_cache_rows  # noqa: E402
 from hf_layerwise.optimizer import param_group_mismatch  # noqa: E402
 from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
-from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, load_data, load_model,  # noqa: E402
-                                      load_tokenizer, loss_class_weights, model_config, open_output_dir,
-                                      pad_multiple, results_record)
+from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, feature_cache, load_data,  # noqa: E402
+                                      load_model, load_tokenizer, loss_class_weights, model_config,
+                                      open_output_dir, pad_multiple, results_record)
 from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
                                        stop_with_sweep, write_json_atomic)
 from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
@@ -123,6 +125,7 @@ class Run:
     settings: dict[str, Any]
     grad_norms: DepthGradNorms
     loss_weights: torch.Tensor | None = None
+    cache: FrozenFeatureCache | None = None  # --cache_frozen: the frozen bottom's outputs, built by build_cache
     monitor: HealthMonitor | None = None
     progress: TrainProgress = field(default_factory=TrainProgress)
     running_loss: torch.Tensor | None = None
@@ -161,8 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
     # -- resume --------------------------------------------------------------------------------------------------------
     resume(run, checkpoint)
 
-    # -- epochs --------------------------------------------------------------------------------------------------------
+    # -- epochs (with --cache_frozen, after one pass through the frozen bottom) ------------------------------------
     log_start(run)
+    build_cache(run)
     for epoch in range(run.progress.epoch, run.plan.num_epochs):
         train_epoch(run, epoch)
         last = epoch == run.plan.num_epochs - 1 or run.progress.completed_steps >= run.plan.max_train_steps
@@ -213,6 +217,8 @@ def make_dataloaders(args: RecipeArguments, task: GlueTask, raw: datasets.Datase
                      accelerator: Accelerator) -> tuple[DataLoader, dict[str, DataLoader]]:
     with accelerator.main_process_first():
         tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
+    if args.layerwise.cache_frozen:  # every example gets its row in the frozen-feature cache
+        tokenized.update(add_cache_rows({s: tokenized[s] for s in ("train", *task.eval_splits)}))
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(args))
     workers, pin = dataloader_workers(args, cuda=accelerator.device.type == "cuda")
     common = dict(collate_fn=collator, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
@@ -267,6 +273,8 @@ def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, mo
                plan=plan, settings=settings, grad_norms=DepthGradNorms(accelerator.unwrap_model(model),
                                                                        unfreezer.layers),
                loss_weights=None if loss_weights is None else loss_weights.to(accelerator.device),
+               cache=feature_cache(args, accelerator.unwrap_model(model), unfreezer.layers,
+                                   accelerator.distributed_type),  # checked now, built once the folder is ours
                running_loss=torch.zeros((), device=accelerator.device))
 
 
@@ -319,6 +327,22 @@ def log_start(run: Run) -> None:
     run.segment_start = time.perf_counter()
 
 
+def build_cache(run: Run) -> None:
+    """``--cache_frozen``: every training and dev example once through the frozen bottom (eval mode: no dropout
+    there), each process its share of them; inside the timed training. A resumed run builds it again: the frozen
+    weights have not changed, so the states are the same, and the pre-pass draws no random numbers."""
+    if run.cache is None:
+        return
+    loaders = [run.train_loader, *run.eval_loaders.values()]
+    run.cache.build([loader.dataset for loader in loaders], collate_fn=run.train_loader.collate_fn,
+                    batch_size=run.args.train.per_device_eval_batch_size, autocast=run.accelerator.autocast)
+
+
+def model_inputs(run: Run, batch: dict[str, torch.Tensor]) -> contextlib.AbstractContextManager:
+    """The batch as the model takes it; with ``--cache_frozen`` the frozen blocks return its cached states inside."""
+    return run.cache.use(batch) if run.cache is not None else contextlib.nullcontext(batch)
+
+
 def resumed_batches(loader: Iterable) -> Iterable:
     """Iterate ``loader`` (a skipping loader of a resumed epoch) without changing the global torch RNG.
 
@@ -366,11 +390,12 @@ def train_step(run: Run, batch: dict[str, torch.Tensor], epoch: int) -> bool:
     if monitor is not None and not monitor.active:
         monitor.begin(progress.completed_steps + 1, grad_hooks=False)  # norms: per_depth below
     with acc.accumulate(model):
-        if run.loss_weights is None:
-            loss = model(**batch).loss
-        else:
-            labels = batch.pop("labels")
-            loss = F.cross_entropy(model(**batch).logits, labels, weight=run.loss_weights)
+        with model_inputs(run, batch) as inputs:
+            if run.loss_weights is None:
+                loss = model(**inputs).loss
+            else:
+                labels = inputs.pop("labels")
+                loss = F.cross_entropy(model(**inputs).logits, labels, weight=run.loss_weights)
         acc.backward(loss)
         run.running_loss += loss.detach()
         progress.loss_count += 1
@@ -466,8 +491,8 @@ def evaluate(run: Run, loader: DataLoader) -> dict[str, float]:
     run.model.eval()
     preds, refs = [], []
     for batch in loader:
-        with torch.no_grad():
-            logits = run.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        with torch.no_grad(), model_inputs(run, batch) as inputs:
+            logits = run.model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
         logits, labels = run.accelerator.gather_for_metrics((logits, batch["labels"]))  # no duplicated samples
         preds.append(predictions(run.task, logits))
         refs.append(labels.cpu().numpy())
@@ -534,7 +559,9 @@ def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any) -> dict:
         num_processes=acc.num_processes, completed_steps=progress.completed_steps, train_time_s=train_time,
         eval_time_s=progress.eval_time_s, checkpoint_time_s=progress.checkpoint_time_s,
         trained_samples=progress.trained_samples, trainable_params=run.unfreezer.trainable_parameters,
-        resumed_from=progress.resumed_from)
+        resumed_from=progress.resumed_from, feature_cache=None if run.cache is None else run.cache.stats())
+    if run.cache is not None:
+        run.cache.close()  # the model computes its frozen blocks again (for --save_model); a spilled file is deleted
     if train.save_model:
         save_model(run, os.path.join(train.output_dir, "model"), tokenizer)
     if acc.is_main_process:

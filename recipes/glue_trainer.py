@@ -26,14 +26,16 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hf_layerwise import HealthCallback, HealthConfig, LayerwiseCallback, LayerwiseTrainer  # noqa: E402
+from hf_layerwise import (HealthCallback, HealthConfig, LayerwiseCallback, LayerwiseTrainer,  # noqa: E402
+                          discover_layers)
 from hf_layerwise.errors import UsageError, run_cli, usage_errors  # noqa: E402
+from hf_layerwise.feature_cache import FrozenFeatureCache, add_cache_rows  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
-from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, load_data, load_model,  # noqa: E402
-                                      load_tokenizer, loss_class_weights, model_config, open_output_dir,
-                                      pad_multiple, results_record)
+from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, feature_cache, load_data,  # noqa: E402
+                                      load_model, load_tokenizer, loss_class_weights, model_config,
+                                      open_output_dir, pad_multiple, results_record)
 from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
                                        stop_with_sweep, write_json_atomic)
 from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
@@ -46,8 +48,15 @@ class GlueTrainer(LayerwiseTrainer):
     on) and, with ``--class_weights auto``, trains with class-weighted cross-entropy."""
 
     loss_weights: torch.Tensor | None = None
+    feature_cache: FrozenFeatureCache | None = None  # --cache_frozen: every forward starts from the cached states
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.feature_cache is not None:
+            with self.feature_cache.use(inputs) as model_inputs:
+                return self._loss(model, model_inputs, return_outputs, num_items_in_batch)
+        return self._loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _loss(self, model, inputs, return_outputs, num_items_in_batch):
         if self.loss_weights is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
@@ -122,7 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(args)
     transformers.set_seed(args.train.seed)
     model = load_model(args, config, raw["train"]["label"])
+    with usage_errors("layer-wise options"):  # before the Trainer, which creates the output folder
+        args.layerwise.validate_for(discover_layers(model).num_layers)
     tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
+    if args.layerwise.cache_frozen:  # every example gets its row in the frozen-feature cache
+        tokenized.update(add_cache_rows({s: tokenized[s] for s in ("train", *task.eval_splits)}))
 
     # -- trainer (layer-wise optimizer through LayerwiseTrainer), resume, train -------------------------------------
     earlier = _earlier_segments(checkpoint)
@@ -132,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    earlier=earlier)
     claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
                      is_main_process=trainer.is_world_process_zero())  # every input checked: the folder is this run's
+    build_cache(trainer, tokenized, task)  # --cache_frozen: one pass through the frozen bottom, inside the timing
     trainer.train(resume_from_checkpoint=checkpoint)
     train_time = earlier["train_time_s"] + time.perf_counter() - start
     eval_time = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)  # evaluations while training
@@ -148,7 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint_time_s=checkpoints.checkpoint_time_s,
         trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
         trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        resumed_from=earlier["resumed_from"])
+        resumed_from=earlier["resumed_from"],
+        feature_cache=None if trainer.feature_cache is None else trainer.feature_cache.stats())
+    if trainer.feature_cache is not None:
+        trainer.feature_cache.close()  # the model computes its frozen blocks again (for --save_model)
     if args.train.save_model:
         check_finite_parameters(trainer.model, trainer.state.global_step)
         trainer.save_model(os.path.join(args.train.output_dir, "model"))
@@ -187,10 +204,12 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
             disable_tqdm=False, dataloader_num_workers=workers, dataloader_pin_memory=pin,
             dataloader_persistent_workers=workers > 0, optim="adamw_torch_fused" if cuda else "adamw_torch",
             torch_compile=train.torch_compile,  # a backend given to TrainingArguments turns compiling on by itself
+            remove_unused_columns=not args.layerwise.cache_frozen,  # the cache's row numbers reach compute_loss
             **({"torch_compile_backend": train.torch_compile_backend} if train.torch_compile else {}),
         )
     checkpoints = RecipeCheckpoints(settings, elapsed, earlier)
-    callbacks: list[TrainerCallback] = [LayerwiseCallback(args.layerwise), checkpoints]
+    layerwise = LayerwiseCallback(args.layerwise)
+    callbacks: list[TrainerCallback] = [layerwise, checkpoints]
     if train.monitor:
         callbacks.append(HealthCallback(HealthConfig(every_n_steps=train.monitor_every)))
     if early:
@@ -211,8 +230,20 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
             compute_metrics=compute_metrics, callbacks=callbacks,
         )
     trainer.loss_weights = loss_weights
+    trainer.feature_cache = feature_cache(args, trainer.model, layerwise.layers,  # the model is frozen by now
+                                          trainer.accelerator.distributed_type)
     checkpoints.trainer = trainer
     return trainer, metric, checkpoints
+
+
+def build_cache(trainer: GlueTrainer, tokenized: Any, task: GlueTask) -> None:
+    """``--cache_frozen``: every training and dev example once through the frozen bottom (eval mode, each process its
+    share); a resumed run builds it again (the same states: the frozen weights have not changed)."""
+    if trainer.feature_cache is None:
+        return
+    trainer.feature_cache.build([tokenized[s] for s in ("train", *task.eval_splits)], collate_fn=trainer.data_collator,
+                                batch_size=trainer.args.per_device_eval_batch_size,
+                                autocast=trainer.accelerator.autocast)
 
 
 def _earlier_segments(checkpoint: str | None) -> dict[str, Any]:

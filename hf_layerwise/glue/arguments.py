@@ -105,6 +105,10 @@ class TrainArguments:
     eval_every_epoch: bool = field(default=True, metadata={"help": "evaluate after every epoch (else at the end)"})
     monitor: bool = field(default=False, metadata={"help": "training-health monitor: OUTPUT_DIR/health.jsonl"})
     monitor_every: int = field(default=50, metadata={"help": "measure every N optimizer steps"})
+    cache_max_gb: float = field(default=4.0, metadata={
+        "help": "with --cache_frozen: GiB of cached states kept in memory per process; the rest goes to a "
+                "memory-mapped file in OUTPUT_DIR/feature_cache (deleted at the end)"})
+    cache_dtype: str = field(default="float16", metadata={"help": "with --cache_frozen: float16, bfloat16 or float32"})
     debug: bool = field(default=False, metadata={"help": "show the traceback of an error (or HF_LAYERWISE_DEBUG=1)"})
 
     def __post_init__(self) -> None:
@@ -135,6 +139,10 @@ class TrainArguments:
         if self.torch_compile and self.torch_compile_backend.upper() not in BACKENDS:
             raise UsageError(f"--torch_compile_backend {self.torch_compile_backend!r}: use one of "
                              f"{', '.join(b.lower() for b in BACKENDS)}")
+        if not (math.isfinite(self.cache_max_gb) and self.cache_max_gb >= 0):
+            raise UsageError(f"--cache_max_gb {self.cache_max_gb}: must be a finite number >= 0")
+        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+            raise UsageError(f"--cache_dtype {self.cache_dtype!r}: use float16, bfloat16 or float32")
         if self.report_to not in REPORT_TO:
             raise UsageError(f"--report_to {self.report_to!r}: use one of {', '.join(REPORT_TO)}")
         steps = self.checkpointing_steps

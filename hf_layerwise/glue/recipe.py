@@ -20,10 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, one_line, usage_errors
+from ..feature_cache import FrozenFeatureCache
+from ..layers import LayerMap
 from .arguments import RecipeArguments
 from .data import GlueTask, get_task, load_glue
 from .heads import class_weights, init_head_bias_prior, reinit_top_layers
-from .run_dir import check_output_dir, check_same_settings, load_run_config, resolve_checkpoint
+from .run_dir import CACHE_DIR, check_output_dir, check_same_settings, load_run_config, resolve_checkpoint
 
 __all__ = ["open_output_dir", "model_config", "max_positions", "load_data", "load_tokenizer", "load_model",
            "loss_class_weights", "pad_multiple", "dataloader_workers", "settings_fingerprint",
@@ -39,6 +41,9 @@ def check_environment(args: RecipeArguments, cuda: bool) -> None:
     train = args.train
     if train.mixed_precision == "fp16" and (train.cpu or not cuda):
         raise UsageError("--mixed_precision fp16 needs a CUDA GPU; on the CPU use --mixed_precision bf16 or no")
+    if args.layerwise.cache_frozen and train.torch_compile:
+        raise UsageError("--cache_frozen with --torch_compile: the cached forward swaps the frozen blocks' forward per "
+                         "batch, which a compiled graph does not see; use one of them")
     trackers = {"all": ("tensorboard",), "none": ()}.get(train.report_to, (train.report_to,))
     for tracker in trackers:
         module = "torch.utils.tensorboard" if tracker == "tensorboard" else tracker
@@ -192,7 +197,7 @@ def loss_class_weights(args: RecipeArguments, raw: datasets.DatasetDict) -> torc
 _RESUMABLE = {  # may differ on resume: they do not change what is trained
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "report_to", "save_model",
     "monitor", "monitor_every", "debug", "per_device_eval_batch_size", "checkpointing_steps", "cpu", "preset",
-    "dataloader_num_workers",
+    "dataloader_num_workers", "cache_max_gb",
 }
 
 
@@ -242,17 +247,35 @@ def peak_memory_mb() -> float:
     return round(peak / 2**20, 1)
 
 
+def feature_cache(args: RecipeArguments, model: nn.Module, layers: LayerMap, distributed_type: str) -> (
+        FrozenFeatureCache | None):
+    """The frozen-feature cache ``--cache_frozen`` asks for (not built yet), or None. Refused under FSDP and DeepSpeed,
+    whose sharded blocks the cache cannot replace."""
+    if not args.layerwise.cache_frozen:
+        return None
+    if distributed_type in ("FSDP", "DEEPSPEED"):  # accelerate's DistributedType is a str enum
+        raise UsageError(f"--cache_frozen under {distributed_type}: the frozen blocks are sharded there and the cache "
+                         "cannot stand in for them; use DDP (or one process), or drop --cache_frozen")
+    train = args.train
+    with usage_errors("--cache_frozen"):
+        return FrozenFeatureCache(model, cut=args.layerwise.frozen_below(layers.num_layers), layers=layers,
+                                  dtype=train.cache_dtype, max_memory_gb=train.cache_max_gb,
+                                  spill_dir=os.path.join(train.output_dir, CACHE_DIR))
+
+
 def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any, *, metrics: dict[str, float],
                    history: list[dict], log_history: list[dict], num_processes: int, completed_steps: int,
                    train_time_s: float, eval_time_s: float, checkpoint_time_s: float, trained_samples: int,
-                   trainable_params: int, resumed_from: list[str]) -> dict[str, Any]:
+                   trainable_params: int, resumed_from: list[str],
+                   feature_cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """``results.json`` of either recipe: the same keys, whichever loop trained.
 
     ``metrics`` are the final (or, with early stopping, the best) dev metrics; ``history`` one entry per evaluation;
     ``log_history`` every logged training step (loss, per-depth LR and gradient norm). ``train_time_s`` is the wall
     time of the whole training loop, evaluations and checkpoints included (as in the committed study);
     ``train_samples_per_second`` counts the training steps only: evaluation and checkpoint time are taken out and
-    reported as ``eval_time_s`` and ``checkpoint_time_s``.
+    reported as ``eval_time_s`` and ``checkpoint_time_s``. ``feature_cache`` describes the frozen-feature cache (its
+    build time is part of ``train_time_s``); None without one.
     """
     import accelerate
     import transformers
@@ -283,6 +306,7 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
         "peak_memory_mb": peak_memory_mb(),
         "layerwise": args.layerwise.to_dict(),
         "trainable_params": trainable_params,
+        "feature_cache": feature_cache,
         "config": {"model": vars(args.model), "data": vars(args.data), "train": vars(args.train),
                    "layerwise_args": vars(args.layerwise_args)},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
