@@ -252,8 +252,7 @@ class FrozenFeatureCache:
         """
         started = time.perf_counter()
         datasets = list(datasets)
-        rows, lengths, examples = self._index(datasets)
-        total = len(rows)
+        total, lengths, example = self._index(datasets)
         first_param = next(p for _, p in self._frozen)
         width = self._width()
         rank, world = _rank_world()
@@ -280,7 +279,7 @@ class FrozenFeatureCache:
             with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
                 for i in range(0, len(order), batch_size):
                     chunk = order[i:i + batch_size]
-                    batch = collate_fn([examples[r] for r in chunk])
+                    batch = collate_fn([example(r) for r in chunk])
                     inputs = {k: v.to(first_param.device) for k, v in batch.items()
                               if k not in (CACHE_ROW, "labels", "label")}
                     captured.clear()
@@ -310,21 +309,32 @@ class FrozenFeatureCache:
                     "disk, built in %.1f s", total, int(lengths.sum()), self.cut, self.dtype,
                     self.store.memory_bytes / 2**20, self.store.disk_bytes / 2**20, self.build_time_s)
 
-    def _index(self, datasets: list[Any]) -> tuple[list[int], torch.Tensor, dict[int, dict]]:
-        examples: dict[int, dict] = {}
-        for ds in datasets:
+    def _index(self, datasets: list[Any]) -> tuple[int, torch.Tensor, Callable[[int], dict]]:
+        """The number of rows, their lengths (real tokens), and a lookup ``row -> example``; reads the columns in
+        chunks, so a large dataset is not held as Python lists."""
+        where: dict[int, tuple[int, int]] = {}
+        lengths: dict[int, int] = {}
+        for d, ds in enumerate(datasets):
             if CACHE_ROW not in ds.column_names:
                 raise ValueError("a dataset given to FrozenFeatureCache.build has no 'cache_row' column: number the "
                                  "splits with add_cache_rows first")
-            for example in ds:
-                examples[int(example[CACHE_ROW])] = example
-        rows = sorted(examples)
-        if rows != list(range(len(rows))):
+            key = "attention_mask" if "attention_mask" in ds.column_names else "input_ids"
+            position = 0
+            for chunk in ds.select_columns([CACHE_ROW, key]).iter(batch_size=4096):
+                for row, tokens in zip(chunk[CACHE_ROW], chunk[key]):
+                    where[int(row)] = (d, position)
+                    lengths[int(row)] = int(sum(tokens)) if key == "attention_mask" else len(tokens)
+                    position += 1
+        total = len(where)
+        if sorted(where) != list(range(total)):
             raise ValueError("the cache rows are not 0..N-1 over the datasets given: build with every split numbered "
                              "by one add_cache_rows call")
-        lengths = torch.tensor([int(sum(e["attention_mask"])) if "attention_mask" in e else len(e["input_ids"])
-                                for e in (examples[r] for r in rows)], dtype=torch.int64)
-        return rows, lengths, examples
+
+        def example(row: int) -> dict:
+            d, position = where[row]
+            return datasets[d][position]
+
+        return total, torch.tensor([lengths[r] for r in range(total)], dtype=torch.int64), example
 
     def _width(self) -> int:
         config = getattr(_unwrap(self.model), "config", None)
