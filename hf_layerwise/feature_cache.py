@@ -369,15 +369,9 @@ class FrozenFeatureCache:
         chunk = 64 << 20
         for src in range(world):
             for part in self.store.token_range(total * src // world, total * (src + 1) // world):
-                flat = part.view(-1).view(torch.uint8) if part.numel() else part.view(torch.uint8)
+                flat = part.view(-1).view(torch.uint8)  # contiguous: a row range of a contiguous array
                 for i in range(0, flat.numel(), chunk):
-                    piece = flat[i:i + chunk]
-                    if piece.is_contiguous():
-                        dist.broadcast(piece, src=src, group=group)
-                    else:  # not expected: token ranges are contiguous views
-                        copy = piece.contiguous()
-                        dist.broadcast(copy, src=src, group=group)
-                        piece.copy_(copy)
+                    dist.broadcast(flat[i:i + chunk], src=src, group=group)
         if group is not None:
             dist.destroy_process_group(group)
 
