@@ -9,6 +9,7 @@ from .callbacks import HealthCallback, LayerwiseCallback, LayerwiseTrainer, Laye
 from .config import PRESETS, LayerwiseConfig
 from .feature_cache import CacheMismatchError, FrozenFeatureCache, add_cache_rows
 from .freezing import GradualUnfreezer, freeze, set_stage, unfreeze
+from .lr_finder import LRFinderResult, find_lr, scan_multiplier
 from .layers import LayerMap, UnsupportedModelError, discover_layers, layer_map
 from .monitor import HealthConfig, HealthMonitor, NonFiniteError
 from .optimizer import create_optimizer, no_weight_decay_names, param_group_mismatch, param_groups
@@ -26,6 +27,7 @@ __all__ = [
     "HealthConfig",
     "HealthMonitor",
     "NonFiniteError",
+    "LRFinderResult",
     "LayerMap",
     "LayerwiseCallback",
     "LayerwiseConfig",
@@ -36,12 +38,14 @@ __all__ = [
     "check_training_setup",
     "create_optimizer",
     "discover_layers",
+    "find_lr",
     "freeze",
     "layer_map",
     "lr_by_depth",
     "no_weight_decay_names",
     "param_group_mismatch",
     "param_groups",
+    "scan_multiplier",
     "set_stage",
     "unfreeze",
 ]

@@ -1,0 +1,424 @@
+"""The learning-rate range test (Smith 2017; fastai's ``lr_find``), for the whole schedule and for one group's multiplier.
+
+:func:`find_lr` trains for at most ``num_steps`` optimizer steps with the learning rate growing exponentially from
+``start_lr`` to ``end_lr`` -- every parameter group at ``lr * lr_scale``, so a layer-wise optimizer keeps its shape --
+records the loss, smooths it and stops once the smoothed loss exceeds ``diverge_factor`` times its minimum. It then
+puts back everything it touched: weights, optimizer state and learning rates, the GradScaler, the torch / CUDA /
+numpy / Python RNG states, the data loader's generators and epoch, and the model's train/eval mode. A run that
+starts after it is the run that would have started without it.
+
+:func:`scan_multiplier` is the same test with the base learning rate held and one set of depths (the top-k blocks,
+the head, one depth) sweeping its multiplier; it steps a temporary AdamW, so the caller's optimizer is not involved.
+
+Suggestions follow fastai's rules: ``valley`` (the default: a point two thirds of the way down the longest descent),
+``steep`` (the steepest descent of the smoothed loss against log LR) and ``minimum`` (the LR of the lowest loss / 10).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import LayerwiseConfig
+from .layers import LayerMap, discover_layers
+from .optimizer import param_groups
+
+__all__ = ["LRFinderResult", "find_lr", "scan_multiplier", "suggest", "RULES", "DEFAULT_RULE", "plot_lr_find"]
+
+RULES = ("valley", "steep", "minimum")
+DEFAULT_RULE = "valley"
+MIN_DROP = 0.05  # a usable valley: the smoothed loss falls by at least this fraction of its starting value
+
+
+@dataclass
+class LRFinderResult:
+    """One range test: the value of each step (a learning rate, or a multiplier for a scan), the loss it gave (mean
+    over processes), the smoothed loss, the suggestions of every rule and the one chosen.
+
+    ``valley`` says whether the curve has a usable descent at all (the smoothed loss fell by at least 5% and did not
+    still fall at the end of the range); ``note`` says why not. ``stopped`` is ``"diverged"`` (smoothed loss above
+    ``diverge_factor`` x its minimum), ``"non-finite"`` or ``"end"`` (the range ran out: the ceiling may be too low).
+    """
+
+    kind: str  # "lr" or "multiplier"
+    values: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestions: dict[str, float | None]
+    rule: str
+    stopped: str
+    valley: bool
+    note: str
+    time_s: float
+    target: str | None = None  # scan: the name of the swept depths
+    depths: list[int] | None = None  # scan: the swept depths
+    base_lr: float | None = None  # scan: the base learning rate held
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def suggestion(self) -> float | None:
+        """The value the chosen ``rule`` suggests (None if the curve is too short)."""
+        return self.suggestions.get(self.rule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "suggestion": self.suggestion}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LRFinderResult:
+        return cls(**{k: v for k, v in data.items() if k != "suggestion"})
+
+
+# ------------------------------------------------------------------------------------------------------ suggestions
+def _valley(values: Sequence[float], losses: Sequence[float]) -> tuple[int, int, int]:
+    """fastai's rule: the longest strictly decreasing subsequence; the point a third plus a sixth into it.
+    Returns (start, end, chosen index)."""
+    n = len(losses)
+    lds, max_start, max_end = [1] * n, 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    return max_start, max_end, max(0, min(n - 1, max_start + int(sections) + int(sections / 2)))
+
+
+def suggest(values: Sequence[float], smoothed: Sequence[float], skip_start: int = 0) -> dict[str, float | None]:
+    """Every rule's suggestion for a smoothed curve (None where the curve is too short).
+
+    Example:
+        >>> lrs = [10 ** (-6 + i / 10) for i in range(50)]
+        >>> losses = [1.0 / (1 + 1e3 * lr) + (lr * 20) ** 2 for lr in lrs]   # a dip, then a rise
+        >>> s = suggest(lrs, losses)
+        >>> s["minimum"] < s["valley"] < 10 * s["minimum"]
+        True
+    """
+    values, smoothed = list(values)[skip_start:], list(smoothed)[skip_start:]
+    if len(values) < 3:
+        return {rule: None for rule in RULES}
+    _, _, idx = _valley(values, smoothed)
+    logs = np.log(np.asarray(values))
+    slopes = np.diff(np.asarray(smoothed)) / np.diff(logs)
+    return {"valley": float(values[idx]), "steep": float(values[int(np.argmin(slopes))]),
+            "minimum": float(values[int(np.argmin(smoothed))]) / 10}
+
+
+def _usable(values: Sequence[float], smoothed: Sequence[float], stopped: str) -> tuple[bool, str]:
+    if len(smoothed) < 5:
+        return False, f"only {len(smoothed)} steps before the loss {stopped}: lower the floor (start) of the range"
+    low = int(np.argmin(smoothed))
+    drop = (smoothed[0] - smoothed[low]) / abs(smoothed[0]) if smoothed[0] else 0.0
+    if drop < MIN_DROP:
+        return False, (f"no usable valley: the smoothed loss fell by {100 * drop:.1f}% at most (< {100 * MIN_DROP:.0f}%)"
+                       " over the range; the suggestion is not meaningful")
+    if low >= len(smoothed) - 2 and stopped == "end":
+        return False, (f"the loss still fell at the end of the range ({values[-1]:.3g}): raise the ceiling (end)")
+    return True, ""
+
+
+# ------------------------------------------------------------------------------------------------ exact restoration
+def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    while hasattr(optimizer, "optimizer") and hasattr(optimizer.optimizer, "param_groups"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _loader_generators(batches: Any) -> list[torch.Generator]:
+    """The torch generators a (possibly accelerate-wrapped) DataLoader draws its order from."""
+    found: list[torch.Generator] = []
+    for holder in (batches, getattr(batches, "sampler", None), getattr(batches, "batch_sampler", None),
+                   getattr(getattr(batches, "batch_sampler", None), "sampler", None),
+                   getattr(getattr(batches, "batch_sampler", None), "batch_sampler", None),
+                   getattr(getattr(getattr(batches, "batch_sampler", None), "batch_sampler", None), "sampler", None)):
+        for name in ("generator", "synchronized_generator"):
+            gen = getattr(holder, name, None)
+            if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+                found.append(gen)
+    return found
+
+
+class _Snapshot:
+    """Everything a range test changes, copied before and put back after."""
+
+    def __init__(self, model: nn.Module, optimizer: Any, batches: Any, scaler: Any) -> None:
+        self.model, self.optimizer, self.batches, self.scaler = model, optimizer, batches, scaler
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.training = model.training
+        self.optim_state = copy.deepcopy(_unwrap_optimizer(optimizer).state_dict()) if optimizer is not None else None
+        self.scaler_state = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
+        self.rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
+                    else None)
+        self.generators = [(g, g.get_state()) for g in _loader_generators(batches)]
+        self.iteration = getattr(batches, "iteration", None)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            self.model.load_state_dict(self.weights)
+        for param in self.model.parameters():
+            param.grad = None
+        self.model.train(self.training)
+        if self.optim_state is not None:
+            _unwrap_optimizer(self.optimizer).load_state_dict(self.optim_state)
+        if self.scaler_state is not None:
+            self.scaler.load_state_dict(self.scaler_state)
+        torch.set_rng_state(self.rng[0])
+        np.random.set_state(self.rng[1])
+        random.setstate(self.rng[2])
+        if self.rng[3] is not None:
+            torch.cuda.set_rng_state_all(self.rng[3])
+        for gen, state in self.generators:
+            gen.set_state(state)
+        if self.iteration is not None:
+            self.batches.iteration = self.iteration
+
+
+class _Batches:
+    """Batches from ``batches``, started again when exhausted; an abandoned accelerate loader is told it ended (else
+    accelerate's GradientState would still count it as the active loader)."""
+
+    def __init__(self, batches: Iterable) -> None:
+        self.batches, self.iterator, self.open = batches, None, False
+
+    def __next__(self) -> Any:
+        for _ in range(2):
+            if self.iterator is None:
+                self.iterator, self.open = iter(self.batches), True
+            try:
+                return next(self.iterator)
+            except StopIteration:
+                self.iterator, self.open = None, False
+        raise ValueError("find_lr: the batches are empty")
+
+    def close(self) -> None:
+        if self.open:
+            close = getattr(self.iterator, "close", None)
+            if close is not None:
+                close()
+            end = getattr(self.batches, "end", None)
+            if callable(end) and hasattr(self.batches, "gradient_state"):
+                end()
+        self.iterator, self.open = None, False
+
+
+# --------------------------------------------------------------------------------------------------------- the test
+def _default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def _mean_over_processes(value: torch.Tensor) -> float:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= torch.distributed.get_world_size()
+    return float(value)
+
+
+def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: str, start: float, end: float,
+                set_value: Callable[[float], None], loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None,
+                accelerator: Any, num_steps: int, accumulation_steps: int, max_grad_norm: float | None,
+                smoothing: float, diverge_factor: float, rule: str, snapshot_optimizer: Any) -> LRFinderResult:
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}: use one of {', '.join(RULES)}")
+    if not (0 < start < end and math.isfinite(end)):
+        raise ValueError(f"range {start:g}..{end:g}: need 0 < start < end (a floor below the ceiling)")
+    if num_steps < 5:
+        raise ValueError(f"num_steps={num_steps}: a range test needs at least 5 steps")
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
+    if not diverge_factor > 1:
+        raise ValueError(f"diverge_factor={diverge_factor}: must be > 1")
+    loss_fn = loss_fn or _default_loss
+    scaler = getattr(accelerator, "scaler", None)
+    snapshot = _Snapshot(model, snapshot_optimizer, batches, scaler)
+    source = _Batches(batches)
+    values: list[float] = []
+    losses: list[float] = []
+    smoothed: list[float] = []
+    stopped, average, started = "end", 0.0, time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        for step in range(num_steps):
+            value = start * (end / start) ** (step / (num_steps - 1))
+            set_value(value)
+            total = None
+            for _ in range(accumulation_steps):
+                batch = next(source)
+                context = accelerator.autocast() if accelerator is not None else torch.autocast("cpu", enabled=False)
+                with context:
+                    loss = loss_fn(model, batch) / accumulation_steps
+                if accelerator is not None:
+                    accelerator.backward(loss)
+                else:
+                    loss.backward()
+                total = loss.detach() if total is None else total + loss.detach()
+            if max_grad_norm:
+                if accelerator is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            current = _mean_over_processes(total.float())
+            if not math.isfinite(current):
+                stopped = "non-finite"
+                break
+            average = smoothing * average + (1 - smoothing) * current
+            values.append(value)
+            losses.append(current)
+            smoothed.append(average / (1 - smoothing ** (step + 1)))
+            if step >= max(3, num_steps // 20) and smoothed[-1] > diverge_factor * min(smoothed):
+                stopped = "diverged"
+                break
+    finally:
+        source.close()
+        snapshot.restore()
+    keep = len(values) - 1 if stopped == "diverged" else len(values)  # the point that diverged is not a candidate
+    skip = min(len(values) // 10, 5)  # the first smoothed points are mostly the starting loss (fastai skips 5)
+    suggestions = suggest(values[:keep], smoothed[:keep], skip_start=skip)
+    valley, note = _usable(values[:keep], smoothed[:keep], stopped)
+    return LRFinderResult(kind=kind, values=values, losses=losses, smoothed=smoothed, suggestions=suggestions,
+                          rule=rule, stopped=stopped, valley=valley, note=note,
+                          time_s=round(time.perf_counter() - started, 2),
+                          settings={"start": start, "end": end, "num_steps": num_steps,
+                                    "accumulation_steps": accumulation_steps, "smoothing": smoothing,
+                                    "diverge_factor": diverge_factor, "max_grad_norm": max_grad_norm})
+
+
+def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: float = 1e-7, end_lr: float = 1.0,
+            num_steps: int = 100, loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+            accelerator: Any = None, accumulation_steps: int = 1, max_grad_norm: float | None = None,
+            smoothing: float = 0.98, diverge_factor: float = 4.0, rule: str = DEFAULT_RULE) -> LRFinderResult:
+    """LR range test: up to ``num_steps`` optimizer steps with the LR growing exponentially from ``start_lr`` to
+    ``end_lr``; stops when the smoothed loss passes ``diverge_factor`` x its minimum; everything restored after.
+
+    Every parameter group trains at ``lr * lr_scale`` (the groups of :func:`~hf_layerwise.create_optimizer` carry
+    ``lr_scale``; for other optimizers it is the group's LR over ``optimizer.defaults["lr"]``), so the suggestion is
+    the *base* LR of a layer-wise optimizer. ``optimizer`` may be accelerate-prepared (and the model DDP-wrapped, the
+    batches a prepared loader: each process its shard, the loss averaged over processes); FSDP and DeepSpeed are not
+    supported (their sharded state is not snapshotted). ``loss_fn(model, batch)`` defaults to ``model(**batch).loss``.
+    With ``accelerator``, its ``autocast``, ``backward`` and ``clip_grad_norm_`` are used. Restored afterwards:
+    weights, optimizer state and LRs, GradScaler, RNG states, the loader's generators and epoch, train/eval mode;
+    gradients are left as None.
+
+    Example:
+        >>> optimizer = create_optimizer(model, LayerwiseConfig.preset("top3x5"), lr=1.0)   # doctest: +SKIP
+        >>> result = find_lr(model, optimizer, train_loader, max_grad_norm=1.0)
+        >>> result.suggestion, result.rule
+        (0.00012, 'valley')
+    """
+    inner = _unwrap_optimizer(optimizer)
+    default = inner.defaults.get("lr")
+    scales = [float(g["lr_scale"]) if "lr_scale" in g else float(g["lr"]) / float(default)
+              for g in inner.param_groups]
+
+    def set_value(lr: float) -> None:
+        for group, scale in zip(inner.param_groups, scales):
+            group["lr"] = lr * scale
+
+    return _range_test(model, optimizer, batches, kind="lr", start=start_lr, end=end_lr, set_value=set_value,
+                       loss_fn=loss_fn, accelerator=accelerator, num_steps=num_steps,
+                       accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm, smoothing=smoothing,
+                       diverge_factor=diverge_factor, rule=rule, snapshot_optimizer=optimizer)
+
+
+def scan_multiplier(model: nn.Module, cfg: LayerwiseConfig, base_lr: float, batches: Iterable, depths: Iterable[int],
+                    *, name: str | None = None, layers: LayerMap | None = None, start: float = 0.1,
+                    end: float = 1000.0, num_steps: int = 100,
+                    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, accelerator: Any = None,
+                    accumulation_steps: int = 1, smoothing: float = 0.98, diverge_factor: float = 4.0,
+                    rule: str = DEFAULT_RULE, betas: tuple[float, float] = (0.9, 0.999),
+                    eps: float = 1e-8) -> LRFinderResult:
+    """Per-group range test: the base LR held at ``base_lr``, only ``depths`` sweeping their multiplier from
+    ``start`` to ``end`` (they train at ``base_lr * multiplier``; every other trainable depth at its ``cfg``
+    multiplier); the suggestion is a multiplier, e.g. for ``LayerwiseConfig.top_lr_multiplier``.
+
+    Steps a temporary AdamW built like :func:`~hf_layerwise.create_optimizer`'s (weight decay, clipping at
+    ``cfg.max_grad_norm``); the model's freezing must already be applied (``depths`` must train). Weights, RNG states,
+    the loader's generators and train/eval mode are restored after. Look at ``valley`` before using the suggestion:
+    when the loss barely depends on the multiplier, the curve has no usable valley.
+
+    Example:
+        >>> L = discover_layers(model).num_layers                                          # doctest: +SKIP
+        >>> scan = scan_multiplier(model, cfg, 1e-4, train_loader, depths=range(L - 2, L + 1), name="top3")
+        >>> scan.suggestion, scan.valley
+        (3.2, True)
+    """
+    layers = layers or discover_layers(model)
+    targets = sorted(set(depths))
+    L = layers.num_layers
+    if not targets or any(not 0 <= d <= L + 1 for d in targets):
+        raise ValueError(f"depths={targets}: the model has depths 0 (embeddings) to {L + 1} (head)")
+    depth_of = {id(p): d for _, p, d in layers.named_depths(model)}
+    groups = param_groups(model, cfg, base_lr, layers=layers)
+    swept: list[dict[str, Any]] = []
+    fixed: list[dict[str, Any]] = []
+    for group in groups:
+        inside = [p for p in group["params"] if depth_of.get(id(p)) in targets and p.requires_grad]
+        outside = [p for p in group["params"] if depth_of.get(id(p)) not in targets]
+        common = {"weight_decay": group["weight_decay"]}
+        if inside:
+            swept.append({"params": inside, "lr": base_lr, **common})
+        if outside:
+            fixed.append({"params": outside, "lr": group["lr"], **common})
+    if not swept:
+        raise ValueError(f"depths {targets} do not train under this config (frozen, or not yet unfrozen): nothing to "
+                         "scan; pick trainable depths")
+    temporary = torch.optim.AdamW(swept + fixed, lr=base_lr, betas=betas, eps=eps)
+
+    def set_value(multiplier: float) -> None:
+        for group in temporary.param_groups[:len(swept)]:
+            group["lr"] = base_lr * multiplier
+
+    result = _range_test(model, temporary, batches, kind="multiplier", start=start, end=end, set_value=set_value,
+                         loss_fn=loss_fn, accelerator=accelerator, num_steps=num_steps,
+                         accumulation_steps=accumulation_steps, max_grad_norm=cfg.max_grad_norm, smoothing=smoothing,
+                         diverge_factor=diverge_factor, rule=rule, snapshot_optimizer=None)
+    result.target, result.depths, result.base_lr = name or f"depths {targets}", targets, base_lr
+    return result
+
+
+def plot_lr_find(results: Sequence[LRFinderResult], path: str) -> None:
+    """``lr_find.png``: each test's smoothed loss (and raw loss, faint) against its value on a log axis, the
+    suggestion marked. Needs matplotlib (``pip install 'hf-layerwise[monitor]'``).
+
+    Example:
+        >>> plot_lr_find([result], "runs/rte/lr_find.png")   # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        ax.plot(result.values, result.losses, color="0.8", lw=0.8, label="loss")
+        ax.plot(result.values, result.smoothed, color="C0", label="smoothed")
+        if result.suggestion is not None:
+            ax.axvline(result.suggestion, color="C3", ls="--",
+                       label=f"{result.rule}: {result.suggestion:.3g}" + ("" if result.valley else " (no valley)"))
+        ax.set_xscale("log")
+        xlabel = "learning rate" if result.kind == "lr" else f"multiplier of {result.target} (base lr {result.base_lr:.3g})"
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("training loss")
+        if result.smoothed:
+            low = min(result.smoothed)
+            ax.set_ylim(min(min(result.losses), low) * 0.95, max(result.smoothed[0], low) * 1.6 + 1e-12)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+

@@ -1,0 +1,188 @@
+"""The LR range test: a known answer (the LR at which SGD on a quadratic diverges is 2 / lambda_max), exact
+restoration with dropout on (weights, optimizer state, RNG streams, data order), layer-wise groups keeping their
+multipliers, the per-group multiplier scan, and the suggestion rules."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hf_layerwise import LayerwiseConfig, create_optimizer, discover_layers
+from hf_layerwise.lr_finder import LRFinderResult, find_lr, plot_lr_find, scan_multiplier, suggest
+
+
+def _quadratic(d=8, n=512, noise=0.5):
+    """Least squares with eigenvalues of X^T X / n spread over 0.1..1: SGD diverges above 2 / lambda_max."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, d, generator=g) * torch.logspace(-1, 0, d).sqrt()
+    lmax = torch.linalg.eigvalsh(X.T @ X / n).max().item()
+    y = X @ torch.randn(d, 1, generator=g) + noise * torch.randn(n, 1, generator=g)
+    return X, y, lmax
+
+
+def _mse(model, batch):
+    return 0.5 * ((model(batch[0]) - batch[1]) ** 2).mean()
+
+
+def _linear():
+    torch.manual_seed(1)
+    return nn.Linear(8, 1, bias=False)
+
+
+def test_known_answer_below_divergence_and_near_the_best_fixed_lr():
+    X, y, lmax = _quadratic()
+    batches = [(X[i:i + 32], y[i:i + 32]) for i in range(0, len(X), 32)]
+    model = _linear()
+    result = find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), batches, loss_fn=_mse,
+                     start_lr=1e-4, end_lr=100.0, num_steps=100)
+    assert result.stopped == "diverged" and result.valley, result.note
+    assert 1 / lmax < result.values[-1] < 100  # it stopped past the edge of stability, well before the ceiling
+    best_lr, best_loss = None, math.inf  # the best fixed LR: the same 100 SGD steps, a grid of 10 per decade
+    for k in range(60):
+        lr = 10 ** (-4 + k / 10)
+        m = _linear()
+        opt = torch.optim.SGD(m.parameters(), lr=lr)
+        for step in range(100):
+            opt.zero_grad()
+            _mse(m, batches[step % len(batches)]).backward()
+            opt.step()
+        final = _mse(m, (X, y)).item()
+        if math.isfinite(final) and final < best_loss:
+            best_lr, best_loss = lr, final
+    assert best_lr < 2 / lmax
+    assert result.suggestion < 2 / lmax
+    assert best_lr / 10 <= result.suggestion <= best_lr * 10, (result.suggestion, best_lr)
+
+
+def _batches(n=48, seq=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 96, (n, seq), generator=g)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    return [{"input_ids": ids[i], "attention_mask": torch.ones(seq, dtype=torch.long), "labels": labels[i]}
+            for i in range(n)]
+
+
+def _state(model, optimizer):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for s in optimizer.state.values()],
+            [g["lr"] for g in optimizer.param_groups])
+
+
+def _train(model, optimizer, loader, steps):
+    model.train()
+    it = iter(loader)
+    for _ in range(steps):
+        loss = model(**next(it)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def test_restores_everything_and_the_run_after_it_is_unchanged():
+    """Dropout on: the continuation after the test draws the same masks and batches as a twin without the test."""
+    cfg = LayerwiseConfig(top_k=2, top_lr_multiplier=5.0, freeze_below=1)
+    runs = []
+    for with_finder in (False, True):
+        model = tiny_model("bert", seed=3)
+        assert model.config.hidden_dropout_prob > 0
+        optimizer = create_optimizer(model, cfg, lr=1e-3)
+        loader = DataLoader(_batches(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(7))
+        torch.manual_seed(11)
+        _train(model, optimizer, loader, 2)  # some optimizer state before the test
+        model.eval()
+        before = _state(model, optimizer)
+        rng = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(),
+               loader.generator.get_state())
+        if with_finder:
+            seen = []
+
+            def loss_fn(m, batch):
+                seen.append([g["lr"] / g["lr_scale"] for g in optimizer.param_groups]
+                            + [g["lr_scale"] for g in optimizer.param_groups])
+                return m(**batch).loss
+
+            result = find_lr(model, optimizer, loader, loss_fn=loss_fn, num_steps=12, max_grad_norm=1.0)
+            assert len(result.values) == len(seen) and result.kind == "lr"
+            n = len(optimizer.param_groups)
+            for (value, row) in zip(result.values, seen):  # every group at lr * its own multiplier
+                assert all(math.isclose(b, value, rel_tol=1e-9) for b in row[:n])
+                assert sorted(set(row[n:])) == [1.0, 5.0]
+            after = _state(model, optimizer)
+            assert not model.training
+            for a, b in zip(before[0].values(), after[0].values()):
+                assert torch.equal(a, b)
+            for sa, sb in zip(before[1], after[1]):
+                for k in sa:
+                    assert torch.equal(sa[k], sb[k]) if torch.is_tensor(sa[k]) else sa[k] == sb[k]
+            assert before[2] == after[2]
+            assert torch.equal(rng[0], torch.get_rng_state()) and np.array_equal(rng[1], np.random.get_state()[1])
+            assert rng[2] == random.getstate() and torch.equal(rng[3], loader.generator.get_state())
+            assert all(p.grad is None for p in model.parameters())
+        _train(model, optimizer, loader, 3)
+        runs.append(model.state_dict())
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+def test_restores_after_an_error_in_the_loss():
+    model = tiny_model("bert")
+    optimizer = create_optimizer(model, LayerwiseConfig(), lr=1e-3)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def failing(m, batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return m(**batch).loss
+
+    with pytest.raises(RuntimeError, match="boom"):
+        find_lr(model, optimizer, DataLoader(_batches(), batch_size=8), loss_fn=failing, num_steps=10)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_scan_top_blocks_on_a_tiny_model(tmp_path):
+    model = tiny_model("bert", seed=2)
+    cfg = LayerwiseConfig(top_k=0, top_lr_multiplier=1.0)
+    create_optimizer(model, cfg, lr=1e-4)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    L = discover_layers(model).num_layers
+    loader = DataLoader(_batches(), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    scan = scan_multiplier(model, cfg, 1e-3, loader, depths=range(L - 1, L + 1), name="top2", num_steps=15,
+                           start=0.5, end=500.0)
+    assert scan.kind == "multiplier" and scan.target == "top2" and scan.depths == [L - 1, L] and scan.base_lr == 1e-3
+    assert 0.5 <= scan.values[0] and scan.values[-1] <= 500.0 + 1e-9
+    assert scan.suggestion is None or 0.5 <= scan.suggestion <= 500.0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    again = LRFinderResult.from_dict(scan.to_dict())
+    assert again == scan
+    plot_lr_find([scan], str(tmp_path / "scan.png"))
+    assert (tmp_path / "scan.png").stat().st_size > 1000
+    frozen = LayerwiseConfig(freeze_below=2, top_k=0)
+    create_optimizer(model, frozen, lr=1e-4)
+    with pytest.raises(ValueError, match="do not train"):
+        scan_multiplier(model, frozen, 1e-3, loader, depths=[1, 2])
+    with pytest.raises(ValueError, match="depths 0 \\(embeddings\\) to 5"):
+        scan_multiplier(model, frozen, 1e-3, loader, depths=[9])
+
+
+def test_rules_and_flat_curves():
+    lrs = [10 ** (-6 + i / 20) for i in range(100)]
+    losses = [1.0 / (1 + 1e3 * lr) + (lr * 20) ** 2 for lr in lrs]
+    s = suggest(lrs, losses)
+    low = lrs[int(np.argmin(losses))]
+    assert s["valley"] < low and s["steep"] < low and math.isclose(s["minimum"], low / 10)
+    assert suggest(lrs[:2], losses[:2]) == {"valley": None, "steep": None, "minimum": None}
+    model = _linear()
+    flat = find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [(torch.zeros(4, 8), torch.zeros(4, 1))],
+                   loss_fn=lambda m, b: _mse(m, b) + 1.0, start_lr=1e-6, end_lr=1e-5, num_steps=20)
+    assert not flat.valley and "no usable valley" in flat.note and flat.stopped == "end"
+    with pytest.raises(ValueError, match="rule='best'"):
+        find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [], rule="best")
+    with pytest.raises(ValueError, match="0 < start < end"):
+        find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [], start_lr=1.0, end_lr=1e-3)
