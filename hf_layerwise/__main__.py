@@ -4,12 +4,16 @@
 the module paths, trainable parameters, LR multiplier, weight decay and whether it is frozen. MODEL is a local
 model folder or a hub name (offline, a local folder).
 
+``--lr-find OUTPUT_DIR/lr_find.json`` (from ``recipes/lr_find.py`` or a ``--learning_rate auto`` run) adds the
+multiplier each scan suggests for the depths it swept.
+
 ``python -m hf_layerwise report RUN_DIR`` renders the health log of a run (PNG plots and report.html).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Sequence
 from typing import NoReturn
@@ -23,8 +27,22 @@ from .layers import discover_layers
 from .optimizer import no_weight_decay_names
 
 
-def describe_table(model: nn.Module, cfg: LayerwiseConfig) -> str:
-    """The per-depth table that ``describe`` prints.
+def scan_suggestions(lr_find: dict) -> tuple[str, dict[int, list[str]]]:
+    """From a ``lr_find.json``: the base-LR line and, per depth, what each multiplier scan that swept it suggests."""
+    per_depth: dict[int, list[str]] = {}
+    for test in lr_find.get("tests", []):
+        if test.get("kind") != "multiplier":
+            continue
+        value = f"{test['suggestion']:.3g}" if test.get("valley") and test.get("suggestion") else "no valley"
+        for depth in test.get("depths") or []:
+            per_depth.setdefault(depth, []).append(f"{value} ({test['target']})")
+    base = lr_find.get("learning_rate")
+    return (f"base learning rate of the scans: {base:.3g}" if isinstance(base, (int, float)) else ""), per_depth
+
+
+def describe_table(model: nn.Module, cfg: LayerwiseConfig, lr_find: dict | None = None) -> str:
+    """The per-depth table that ``describe`` prints; with ``lr_find`` (a loaded ``lr_find.json``), a column with the
+    multipliers its scans suggest.
 
     Example:
         >>> print(describe_table(model, LayerwiseConfig.preset("top3x5")))   # doctest: +SKIP
@@ -33,7 +51,9 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig) -> str:
     cfg.validate_for(layers.num_layers)
     no_decay = no_weight_decay_names(model)
     L = layers.num_layers
-    rows = [("depth", "modules", "params", "lr x", "weight decay", "frozen")]
+    base_line, scans = scan_suggestions(lr_find) if lr_find is not None else ("", {})
+    rows = [("depth", "modules", "params", "lr x", "weight decay", "frozen")
+            + (("scan suggests",) if lr_find is not None else ())]
     total = trainable = 0
     by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
     for name, param, depth in layers.named_depths(model):
@@ -52,12 +72,15 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig) -> str:
             wd = f"{cfg.weight_decay:g} on {decayed:,}" if cfg.weight_decay else "0"
         shown = paths if len(paths) <= 2 else [paths[0], f"... +{len(paths) - 1} more"]
         label = {0: "0 (embeddings)", L + 1: f"{L + 1} (head)"}.get(depth, str(depth))
-        rows.append((label, ", ".join(shown), f"{count:,}", lr, wd, frozen))
+        rows.append((label, ", ".join(shown), f"{count:,}", lr, wd, frozen)
+                    + ((", ".join(scans.get(depth, ["-"])),) if lr_find is not None else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"\n{type(model).__name__}: {L} blocks in {layers.block_path}; "
                  f"trainable {trainable:,} of {total:,} parameters")
+    if base_line:
+        lines.append(base_line)
     return "\n".join(lines)
 
 
@@ -87,6 +110,7 @@ def _main(argv: list[str]) -> int:
     describe = sub.add_parser("describe", help="show the depth table of a model under a layer-wise config")
     describe.add_argument("model", help="local model folder or hub name")
     describe.add_argument("--num-labels", type=int, default=2)
+    describe.add_argument("--lr-find", help="a lr_find.json (recipes/lr_find.py): show the multipliers its scans suggest")
     report = sub.add_parser("report", help="plots and an HTML page from a run's health.jsonl")
     report.add_argument("run_dir")
     for parser in (describe, report):
@@ -109,9 +133,19 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"{one_line(err)} (see python -m hf_layerwise describe --help)") from None
     with usage_errors("layer-wise options"):
         cfg = layerwise.to_config()
+    lr_find = None
+    if known.lr_find is not None:
+        try:
+            with open(known.lr_find) as f:
+                lr_find = json.load(f)
+            if not isinstance(lr_find, dict) or not isinstance(lr_find.get("tests"), list):
+                raise ValueError("no 'tests' list")
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--lr-find {known.lr_find}: not a lr_find.json of recipes/lr_find.py ({one_line(err)})"
+                             ) from None
     model = _load(known.model, known.num_labels)
     with usage_errors(known.model):
-        print(describe_table(model, cfg))
+        print(describe_table(model, cfg, lr_find))
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import LayerwiseConfig
 from .layers import LayerMap, discover_layers
@@ -228,13 +229,15 @@ def _mean_over_processes(value: torch.Tensor) -> float:
 def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: str, start: float, end: float,
                 set_value: Callable[[float], None], loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None,
                 accelerator: Any, num_steps: int, accumulation_steps: int, max_grad_norm: float | None,
-                smoothing: float, diverge_factor: float, rule: str, snapshot_optimizer: Any) -> LRFinderResult:
+                smoothing: float | None, diverge_factor: float, rule: str, snapshot_optimizer: Any) -> LRFinderResult:
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: use one of {', '.join(RULES)}")
     if not (0 < start < end and math.isfinite(end)):
         raise ValueError(f"range {start:g}..{end:g}: need 0 < start < end (a floor below the ceiling)")
     if num_steps < 5:
         raise ValueError(f"num_steps={num_steps}: a range test needs at least 5 steps")
+    if smoothing is None:
+        smoothing = 0.98 ** (100 / num_steps)
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
     if not diverge_factor > 1:
@@ -248,6 +251,8 @@ def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: st
     smoothed: list[float] = []
     stopped, average, started = "end", 0.0, time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
+    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    bar = tqdm(total=num_steps, desc=f"range test ({kind})", leave=False, disable=rank != 0)
     try:
         model.train()
         optimizer.zero_grad(set_to_none=True)
@@ -280,10 +285,12 @@ def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: st
             values.append(value)
             losses.append(current)
             smoothed.append(average / (1 - smoothing ** (step + 1)))
+            bar.update(1)
             if step >= max(3, num_steps // 20) and smoothed[-1] > diverge_factor * min(smoothed):
                 stopped = "diverged"
                 break
     finally:
+        bar.close()
         source.close()
         snapshot.restore()
     keep = len(values) - 1 if stopped == "diverged" else len(values)  # the point that diverged is not a candidate
@@ -301,7 +308,7 @@ def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: st
 def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: float = 1e-7, end_lr: float = 1.0,
             num_steps: int = 100, loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
             accelerator: Any = None, accumulation_steps: int = 1, max_grad_norm: float | None = None,
-            smoothing: float = 0.98, diverge_factor: float = 4.0, rule: str = DEFAULT_RULE) -> LRFinderResult:
+            smoothing: float | None = None, diverge_factor: float = 4.0, rule: str = DEFAULT_RULE) -> LRFinderResult:
     """LR range test: up to ``num_steps`` optimizer steps with the LR growing exponentially from ``start_lr`` to
     ``end_lr``; stops when the smoothed loss passes ``diverge_factor`` x its minimum; everything restored after.
 
@@ -312,7 +319,8 @@ def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: fl
     supported (their sharded state is not snapshotted). ``loss_fn(model, batch)`` defaults to ``model(**batch).loss``.
     With ``accelerator``, its ``autocast``, ``backward`` and ``clip_grad_norm_`` are used. Restored afterwards:
     weights, optimizer state and LRs, GradScaler, RNG states, the loader's generators and epoch, train/eval mode;
-    gradients are left as None.
+    gradients are left as None. ``smoothing`` is the loss's exponential moving average factor; the default,
+    ``0.98 ** (100 / num_steps)``, is fastai's 0.98 at 100 steps and the same window relative to the range otherwise.
 
     Example:
         >>> optimizer = create_optimizer(model, LayerwiseConfig.preset("top3x5"), lr=1.0)   # doctest: +SKIP
@@ -339,7 +347,7 @@ def scan_multiplier(model: nn.Module, cfg: LayerwiseConfig, base_lr: float, batc
                     *, name: str | None = None, layers: LayerMap | None = None, start: float = 0.1,
                     end: float = 1000.0, num_steps: int = 100,
                     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, accelerator: Any = None,
-                    accumulation_steps: int = 1, smoothing: float = 0.98, diverge_factor: float = 4.0,
+                    accumulation_steps: int = 1, smoothing: float | None = None, diverge_factor: float = 4.0,
                     rule: str = DEFAULT_RULE, betas: tuple[float, float] = (0.9, 0.999),
                     eps: float = 1e-8) -> LRFinderResult:
     """Per-group range test: the base LR held at ``base_lr``, only ``depths`` sweeping their multiplier from

@@ -51,6 +51,8 @@ from hf_layerwise.optimizer import param_group_mismatch  # noqa: E402
 from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
+from hf_layerwise.glue.auto_lr import (LR_FIND_JSON, LRChoice, choose_learning_rate, provisional_lr,  # noqa: E402
+                                       regroup, wants_search, write_lr_find)
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
 from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, feature_cache, load_data,  # noqa: E402
                                       load_model, load_tokenizer, loss_class_weights, model_config,
@@ -126,6 +128,7 @@ class Run:
     grad_norms: DepthGradNorms
     loss_weights: torch.Tensor | None = None
     cache: FrozenFeatureCache | None = None  # --cache_frozen: the frozen bottom's outputs, built by build_cache
+    lr_choice: LRChoice | None = None  # --learning_rate auto / --top_lr_multiplier auto: what the range tests chose
     monitor: HealthMonitor | None = None
     progress: TrainProgress = field(default_factory=TrainProgress)
     running_loss: torch.Tensor | None = None
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args, config, raw["train"]["label"])
     optimizer, unfreezer = make_optimizer(args, model, accelerator)  # the config checked against the model
     run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders,
-                   loss_class_weights(args, raw), settings)  # prepared; the groups checked as the engine holds them
+                   loss_class_weights(args, raw), settings, checkpoint)  # prepared; LR range test if asked for
     claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
                      is_main_process=accelerator.is_main_process)  # from here on the folder is this run's
     open_logs(run)
@@ -235,7 +238,7 @@ def make_optimizer(args: RecipeArguments, model: nn.Module, accelerator: Acceler
     cfg = args.layerwise
     with usage_errors("layer-wise options"):
         unfreezer = GradualUnfreezer(model, cfg)  # checks the config against the model's blocks
-        optimizer = create_optimizer(model, cfg, lr=args.train.learning_rate, layers=unfreezer.layers,
+        optimizer = create_optimizer(model, cfg, lr=provisional_lr(args), layers=unfreezer.layers,
                                      fused=True if accelerator.device.type == "cuda" else None)
         check_training_setup(model, cfg, unfreezer.layers, accelerator.state)  # FSDP/DeepSpeed/checkpointing traps
     return optimizer, unfreezer
@@ -243,29 +246,32 @@ def make_optimizer(args: RecipeArguments, model: nn.Module, accelerator: Acceler
 
 def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, model: nn.Module, optimizer: Any,
              unfreezer: GradualUnfreezer, train_loader: DataLoader, eval_loaders: dict[str, DataLoader],
-             loss_weights: torch.Tensor | None, settings: dict[str, Any]) -> Run:
-    """The scheduler and everything through ``accelerator.prepare``; then the optimizer the engine will step must
-    hold the layer-wise groups at their learning rates (a sharding engine that merged or lost them is refused)."""
+             loss_weights: torch.Tensor | None, settings: dict[str, Any], checkpoint: str | None) -> Run:
+    """Everything through ``accelerator.prepare``; the optimizer the engine will step must hold the layer-wise groups
+    at their learning rates (a sharding engine that merged or lost them is refused). With ``--learning_rate auto`` /
+    ``--top_lr_multiplier auto``, the range tests run on the prepared model and loader (all processes) and the groups
+    get the chosen rates; then the scheduler."""
     train = args.train
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / train.gradient_accumulation_steps)
     max_train_steps = train.max_train_steps or math.ceil(train.num_train_epochs * steps_per_epoch)
     plan = Plan(steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch))
-    scheduler = get_scheduler(train.lr_scheduler_type, optimizer, num_training_steps=max_train_steps,
-                              num_warmup_steps=math.ceil(train.warmup_ratio * max_train_steps))
-    # the scheduler is stepped once per optimizer step by the loop, not through accelerate (which would step it
-    # once per process), so the schedule is the same for 1 and N processes
+    raw_optimizer = optimizer
     model, optimizer, train_loader, *eval_list = accelerator.prepare(model, optimizer, train_loader,
                                                                       *eval_loaders.values())
-    accelerator.register_for_checkpointing(scheduler)
     if train.monitor and accelerator.distributed_type == "DEEPSPEED":
         raise UsageError("--monitor under DeepSpeed: DeepSpeed keeps gradients (and under ZeRO-3 the weights) in its "
                          "own partitioned buffers, so per-depth figures cannot be measured; drop --monitor, or use DDP "
                          "or FSDP")
-    problem = param_group_mismatch(optimizer, model, args.layerwise, train.learning_rate, layers=unfreezer.layers)
-    if problem:
-        raise UsageError(f"the optimizer {accelerator.distributed_type} steps does not keep the layer-wise groups: "
-                         f"{problem}. Use DDP, FSDP with use_orig_params, or a DeepSpeed version that keeps "
-                         "per-group learning rates")
+    check_groups(args, accelerator, model, optimizer, unfreezer, provisional_lr(args))
+    lr_choice = None
+    if wants_search(args):
+        lr_choice = search_learning_rate(args, accelerator, model, optimizer, unfreezer, train_loader, loss_weights,
+                                         checkpoint)
+    # the scheduler is stepped once per optimizer step by the loop, not through accelerate (which would step it
+    # once per process), so the schedule is the same for 1 and N processes
+    scheduler = get_scheduler(train.lr_scheduler_type, raw_optimizer, num_training_steps=max_train_steps,
+                              num_warmup_steps=math.ceil(train.warmup_ratio * max_train_steps))
+    accelerator.register_for_checkpointing(scheduler)
     unfreezer.attach_distributed()  # blocks unfrozen after DDP wrapped the model get their gradients averaged
     return Run(args=args, task=task, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                unfreezer=unfreezer, train_loader=train_loader, eval_loaders=dict(zip(eval_loaders, eval_list)),
@@ -275,13 +281,55 @@ def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, mo
                loss_weights=None if loss_weights is None else loss_weights.to(accelerator.device),
                cache=feature_cache(args, accelerator.unwrap_model(model), unfreezer.layers,
                                    accelerator.distributed_type),  # checked now, built once the folder is ours
-               running_loss=torch.zeros((), device=accelerator.device))
+               running_loss=torch.zeros((), device=accelerator.device), lr_choice=lr_choice)
+
+
+def check_groups(args: RecipeArguments, accelerator: Accelerator, model: nn.Module, optimizer: Any,
+                 unfreezer: GradualUnfreezer, lr: float) -> None:
+    problem = param_group_mismatch(optimizer, model, args.layerwise, lr, layers=unfreezer.layers)
+    if problem:
+        raise UsageError(f"the optimizer {accelerator.distributed_type} steps does not keep the layer-wise groups: "
+                         f"{problem}. Use DDP, FSDP with use_orig_params, or a DeepSpeed version that keeps "
+                         "per-group learning rates")
+
+
+def search_learning_rate(args: RecipeArguments, accelerator: Accelerator, model: nn.Module, optimizer: Any,
+                         unfreezer: GradualUnfreezer, train_loader: DataLoader, loss_weights: torch.Tensor | None,
+                         checkpoint: str | None) -> LRChoice:
+    """``auto``: the LR range test (and the top-k multiplier scan) on the prepared model, optimizer and loader; every
+    state restored after it. The chosen base LR and multiplier replace the provisional ones in ``args`` and in the
+    optimizer's groups. A resumed run reads the first segment's choice from ``lr_find.json``."""
+    if accelerator.distributed_type in ("FSDP", "DEEPSPEED"):
+        raise UsageError(f"--learning_rate/--top_lr_multiplier auto under {accelerator.distributed_type}: the range "
+                         "test restores the model from a full copy, which sharded training does not keep; run "
+                         "recipes/lr_find.py with DDP (or one process) and pass the numbers it suggests")
+    weights = None if loss_weights is None else loss_weights.to(accelerator.device)
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if weights is None:
+            return m(**batch).loss
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return F.cross_entropy(m(**inputs).logits, batch["labels"], weight=weights)
+
+    choice = choose_learning_rate(
+        args, model, train_loader, unfreezer.layers, optimizer=optimizer, accelerator=accelerator, loss_fn=loss_fn,
+        resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None)
+    args.train.learning_rate, args.layerwise = choice.learning_rate, choice.layerwise
+    unfreezer.cfg = choice.layerwise
+    regroup(optimizer, accelerator.unwrap_model(model), choice.layerwise, choice.learning_rate, unfreezer.layers)
+    check_groups(args, accelerator, model, optimizer, unfreezer, choice.learning_rate)
+    logger.info("learning rate %.3g, top-%d multiplier %.3g (%s; range tests %.1f s)", choice.learning_rate,
+                choice.layerwise.top_k, choice.layerwise.top_lr_multiplier,
+                f"from {choice.reused_from}" if choice.reused_from else "chosen by the LR range test", choice.time_s)
+    return choice
 
 
 def open_logs(run: Run) -> None:
     """Trackers (``--report_to``) and the health monitor (``--monitor``), once the folder is this run's; the groups
     as the engine holds them go to the log."""
     acc, train = run.accelerator, run.args.train
+    if acc.is_main_process and run.lr_choice is not None:
+        write_lr_find(train.output_dir, run.lr_choice)
     if acc.is_main_process and train.report_to != "none":
         acc.init_trackers("glue", config={k: str(v) for k, v in run.settings.items()})
     if train.monitor:  # health statistics every --monitor_every steps; hooks exist only on those steps
@@ -559,7 +607,8 @@ def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any) -> dict:
         num_processes=acc.num_processes, completed_steps=progress.completed_steps, train_time_s=train_time,
         eval_time_s=progress.eval_time_s, checkpoint_time_s=progress.checkpoint_time_s,
         trained_samples=progress.trained_samples, trainable_params=run.unfreezer.trainable_parameters,
-        resumed_from=progress.resumed_from, feature_cache=None if run.cache is None else run.cache.stats())
+        resumed_from=progress.resumed_from, feature_cache=None if run.cache is None else run.cache.stats(),
+        lr_find=None if run.lr_choice is None else run.lr_choice.record())
     if run.cache is not None:
         run.cache.close()  # the model computes its frozen blocks again (for --save_model); a spilled file is deleted
     if train.save_model:

@@ -29,9 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_layerwise import (HealthCallback, HealthConfig, LayerwiseCallback, LayerwiseTrainer,  # noqa: E402
                           discover_layers)
 from hf_layerwise.errors import UsageError, run_cli, usage_errors  # noqa: E402
-from hf_layerwise.feature_cache import FrozenFeatureCache, add_cache_rows  # noqa: E402
+from hf_layerwise.feature_cache import CACHE_ROW, FrozenFeatureCache, add_cache_rows  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
+from hf_layerwise.glue.auto_lr import LR_FIND_JSON, LRChoice, choose_learning_rate, wants_search, write_lr_find  # noqa: E402
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
 from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, feature_cache, load_data,  # noqa: E402
                                       load_model, load_tokenizer, loss_class_weights, model_config,
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.layerwise.cache_frozen:  # every example gets its row in the frozen-feature cache
         tokenized.update(add_cache_rows({s: tokenized[s] for s in ("train", *task.eval_splits)}))
 
+    # -- --learning_rate auto / --top_lr_multiplier auto: the LR range tests (everything restored after them) -------
+    lr_choice = search_learning_rate(args, model, tokenizer, tokenized, loss_class_weights(args, raw), checkpoint)
+
     # -- trainer (layer-wise optimizer through LayerwiseTrainer), resume, train -------------------------------------
     earlier = _earlier_segments(checkpoint)
     start = time.perf_counter()
@@ -145,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    earlier=earlier)
     claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
                      is_main_process=trainer.is_world_process_zero())  # every input checked: the folder is this run's
+    if lr_choice is not None and trainer.is_world_process_zero():
+        write_lr_find(args.train.output_dir, lr_choice)
     build_cache(trainer, tokenized, task)  # --cache_frozen: one pass through the frozen bottom, inside the timing
     trainer.train(resume_from_checkpoint=checkpoint)
     train_time = earlier["train_time_s"] + time.perf_counter() - start
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
         trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         resumed_from=earlier["resumed_from"],
-        feature_cache=None if trainer.feature_cache is None else trainer.feature_cache.stats())
+        feature_cache=None if trainer.feature_cache is None else trainer.feature_cache.stats(),
+        lr_find=None if lr_choice is None else lr_choice.record())
     if trainer.feature_cache is not None:
         trainer.feature_cache.close()  # the model computes its frozen blocks again (for --save_model)
     if args.train.save_model:
@@ -175,6 +182,42 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
     release_output_dir(args.train.output_dir)
     return results
+
+
+def search_learning_rate(args: RecipeArguments, model: torch.nn.Module, tokenizer: Any, tokenized: Any,
+                         loss_weights: torch.Tensor | None, checkpoint: str | None) -> LRChoice | None:
+    """``auto``: the range tests before the Trainer exists, on the model frozen as configured, with a temporary
+    layer-wise AdamW and the training set in a seeded shuffle (batches of --per_device_train_batch_size, fp32); the
+    model and every RNG stream are restored after them. The choice replaces the provisional LR and multiplier in
+    ``args``. One process only: several would each test alone (recipes/glue.py and recipes/lr_find.py test on N)."""
+    if not wants_search(args):
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--learning_rate/--top_lr_multiplier auto in the Trainer recipe runs on one process: run "
+                         "recipes/lr_find.py with the same launch (it tests on every process) and pass its numbers, "
+                         "or use recipes/glue.py --learning_rate auto")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.train.cpu else "cpu")
+    model.to(device)
+    columns = [c for c in ("idx", CACHE_ROW) if c in tokenized["train"].column_names]
+    loader = torch.utils.data.DataLoader(
+        tokenized["train"].remove_columns(columns), batch_size=args.train.per_device_train_batch_size, shuffle=True,
+        generator=torch.Generator().manual_seed(args.train.seed),
+        collate_fn=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(args)))
+    weights = None if loss_weights is None else loss_weights.to(device)
+
+    def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if weights is None:
+            return m(**batch).loss
+        labels = batch.pop("labels")
+        return torch.nn.functional.cross_entropy(m(**batch).logits, labels, weight=weights)
+
+    choice = choose_learning_rate(args, model, loader, discover_layers(model), loss_fn=loss_fn,
+                                  resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None)
+    args.train.learning_rate, args.layerwise = choice.learning_rate, choice.layerwise
+    print(f"learning rate {choice.learning_rate:.3g}, top-{choice.layerwise.top_k} multiplier "
+          f"{choice.layerwise.top_lr_multiplier:.3g} ({'from ' + choice.reused_from if choice.reused_from else 'LR range test'})")
+    return choice
 
 
 def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, tokenizer: Any, tokenized: Any,

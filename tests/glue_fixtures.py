@@ -1,12 +1,38 @@
-"""Generated GLUE-format files (every official layout) and a tiny BERT + tokenizer folder, for fast tests."""
+"""Generated GLUE-format files (every official layout) and a tiny BERT + tokenizer folder, for fast tests; a recipe
+launched as a real command (1 process, or N CPU processes through accelerate)."""
 
 from __future__ import annotations
 
 import os
 import random
+import socket
+import subprocess
+import sys
 
 import torch
 import transformers as T
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = os.path.join(ROOT, "recipes")
+CPU_CONFIG = os.path.join(RECIPES, "accelerate_configs", "cpu_multi_process.yaml")
+RECIPE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
+
+
+def launch(script: str, args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    """Run ``recipes/<script>`` (``accelerate launch`` with the CPU multi-process config for ``nproc`` > 1, on a free
+    port); fail the test with its stderr unless it exits 0."""
+    if nproc == 1:
+        cmd = [sys.executable, os.path.join(RECIPES, script), *args]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes",
+               str(nproc), "--main_process_port", str(port), os.path.join(RECIPES, script), *args]
+    proc = subprocess.run(cmd, env=RECIPE_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
 
 WORDS = ["good", "bad", "movie", "plot", "the", "a", "is", "was", "not", "very", "man", "dog", "runs", "eats",
          "red", "blue", "car", "house", "big", "small", "yes", "no", "cat", "sees"]

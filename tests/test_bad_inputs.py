@@ -23,11 +23,13 @@ sys.path.insert(0, os.path.join(ROOT, "recipes"))
 import ablate  # noqa: E402
 import glue as glue_recipe  # noqa: E402
 import glue_trainer  # noqa: E402
+import lr_find  # noqa: E402
 
 from hf_layerwise.__main__ import _main as cli_main  # noqa: E402
 from hf_layerwise.errors import run_cli  # noqa: E402
 
-PROGRAMS = {"glue": glue_recipe.main, "trainer": glue_trainer.main, "ablate": ablate.main, "cli": cli_main}
+PROGRAMS = {"glue": glue_recipe.main, "trainer": glue_trainer.main, "ablate": ablate.main, "cli": cli_main,
+            "lr_find": lr_find.main}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
 
 
@@ -292,6 +294,20 @@ CASES = [
          "--cache_dtype 'int8': use float16, bfloat16 or float32"),
     Case("cache_max_gb_negative", "glue", ["--cache_frozen", "--freeze_below", "2", "--cache_max_gb", "-1"], 2,
          "--cache_max_gb -1.0: must be a finite number >= 0"),
+    # -- --learning_rate auto, --top_lr_multiplier auto, recipes/lr_find.py ------------------------------------------
+    Case("lr_not_a_number", "glue", ["--learning_rate", "fast"], 2, "invalid number (or auto) value: 'fast'"),
+    Case("top_auto_without_top_k", "trainer", ["--top_lr_multiplier", "auto", "--preset", "baseline"], 2,
+         "--top_lr_multiplier auto scans the multiplier of the top-k blocks, but top_k is 0"),
+    Case("auto_with_gradual_unfreezing", "glue", ["--learning_rate", "auto", "--preset", "ulmfit"], 2,
+         "auto with gradual unfreezing"),
+    Case("lr_find_rule_unknown", "glue", ["--learning_rate", "auto", "--lr_find_rule", "best"], 2,
+         "--lr_find_rule 'best': use one of valley, steep, minimum"),
+    Case("lr_find_range_reversed", "trainer", ["--learning_rate", "auto", "--lr_find_min_lr", "1",
+                                                "--lr_find_max_lr", "0.1"], 2, "need 0 < min < max"),
+    Case("lr_find_steps_too_few", "glue", ["--learning_rate", "auto", "--lr_find_steps", "2"], 2,
+         "--lr_find_steps 2: must be >= 5"),
+    Case("lr_find_scan_unknown", "lr_find", ["--scan", "top,bottom"], 2, "unknown target(s) ['bottom']"),
+    Case("lr_find_scan_top_without_top_k", "lr_find", ["--scan", "top", "--top_k", "0"], 2, "--scan top: top_k is 0"),
     Case("ablate_no_command", "ablate", [], 2, "the following arguments are required", base=False),
     Case("ablate_report_empty", "ablate", ["report", "{work}/empty"], 2, "no runs", base=False,
          setup=_empty_folder("empty")),
@@ -301,6 +317,8 @@ CASES = [
     Case("cli_describe_missing", "cli", ["describe", "{work}/none"], 2, "none: no such model folder", base=False),
     Case("cli_describe_top_k", "cli", ["describe", "{model}", "--top-k", "9"], 2, "top_k=9 is larger", base=False),
     Case("cli_describe_unknown_option", "cli", ["describe", "{model}", "--topk", "2"], 2, "--topk", base=False),
+    Case("cli_describe_lr_find_missing", "cli", ["describe", "{model}", "--lr-find", "{work}/none.json"], 2,
+         "--lr-find {work}/none.json: not a lr_find.json", base=False),
     Case("cli_report_missing", "cli", ["report", "{work}/none"], 2, "no health log", base=False),
     Case("cli_unknown_command", "cli", ["frobnicate"], 2, "invalid choice: 'frobnicate'", base=False),
 ]

@@ -56,7 +56,7 @@ def _launch(args, nproc=1, check=True):
 RESULT_KEYS = {"task", "metrics", "main_metric", "majority_baseline", "history", "log_history", "num_train_examples",
                "num_eval_examples", "seed", "num_processes", "global_batch_size", "completed_steps", "resumed_from",
                "train_time_s", "eval_time_s", "checkpoint_time_s", "train_samples_per_second", "peak_memory_mb",
-               "layerwise", "trainable_params", "feature_cache", "config", "versions"}
+               "layerwise", "trainable_params", "feature_cache", "lr_find", "config", "versions"}
 
 
 def _results(out):

@@ -9,18 +9,11 @@ a kill (checkpointing does not change the run: it draws no random numbers).
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
-from glue_fixtures import make_model_dir, write_glue_task
+from glue_fixtures import launch, make_model_dir, write_glue_task
 from safetensors.torch import load_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = os.path.join(ROOT, "recipes")
-CPU_CONFIG = os.path.join(RECIPES, "accelerate_configs", "cpu_multi_process.yaml")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +35,7 @@ def _args(setup, out, **extra):
 
 
 def _run(args, recipe="glue.py", nproc=1):
-    if nproc == 1:
-        cmd = [sys.executable, os.path.join(RECIPES, recipe), *args]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes",
-               str(nproc), "--main_process_port", str(port), os.path.join(RECIPES, recipe), *args, "--cpu"]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch(recipe, [*args, "--cpu"] if nproc > 1 else args, nproc)
 
 
 def _resume_from(straight, checkpoint, resumed, args, **kwargs):

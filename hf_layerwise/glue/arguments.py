@@ -19,6 +19,7 @@ from transformers import HfArgumentParser, SchedulerType
 
 from ..config import LayerwiseArguments, LayerwiseConfig
 from ..errors import UsageError, one_line
+from ..lr_finder import RULES
 
 __all__ = ["ModelArguments", "DataArguments", "TrainArguments", "RecipeArguments", "parse_args", "REPORT_TO"]
 
@@ -78,7 +79,8 @@ class TrainArguments:
         "help": "replace the run already in output_dir (its results, checkpoints and logs are deleted first)"})
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
-    learning_rate: float = 2e-5
+    learning_rate: float = field(default=2e-5, metadata={
+        "help": "base learning rate, or 'auto': an LR range test before training chooses it (lr_find.json/png)"})
     weight_decay: float = 0.01
     num_train_epochs: float = 3.0
     max_train_steps: int | None = field(default=None, metadata={"help": "overrides num_train_epochs"})
@@ -109,6 +111,11 @@ class TrainArguments:
         "help": "with --cache_frozen: GiB of cached states kept in memory per process; the rest goes to a "
                 "memory-mapped file in OUTPUT_DIR/feature_cache (deleted at the end)"})
     cache_dtype: str = field(default="float16", metadata={"help": "with --cache_frozen: float16, bfloat16 or float32"})
+    lr_find_steps: int = field(default=100, metadata={"help": "with 'auto': steps of each LR range test (at most)"})
+    lr_find_min_lr: float = field(default=1e-7, metadata={"help": "with --learning_rate auto: the range's floor"})
+    lr_find_max_lr: float = field(default=1.0, metadata={"help": "with --learning_rate auto: the range's ceiling"})
+    lr_find_rule: str = field(default="valley", metadata={
+        "help": "with 'auto': valley (fastai's default), steep or minimum (the lowest loss's LR / 10)"})
     debug: bool = field(default=False, metadata={"help": "show the traceback of an error (or HF_LAYERWISE_DEBUG=1)"})
 
     def __post_init__(self) -> None:
@@ -120,8 +127,14 @@ class TrainArguments:
             _at_least(f"--{flag}", getattr(self, flag), 1)
         _at_least("--reinit_top_layers", self.reinit_top_layers, 0)
         _at_least("--seed", self.seed, 0)
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise UsageError(f"--learning_rate {self.learning_rate}: must be a finite number > 0")
+        if self.learning_rate != "auto" and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise UsageError(f"--learning_rate {self.learning_rate}: must be a finite number > 0, or auto")
+        _at_least("--lr_find_steps", self.lr_find_steps, 5)
+        if not (math.isfinite(self.lr_find_max_lr) and 0 < self.lr_find_min_lr < self.lr_find_max_lr):
+            raise UsageError(f"--lr_find_min_lr {self.lr_find_min_lr} / --lr_find_max_lr {self.lr_find_max_lr}: need "
+                             "0 < min < max (finite)")
+        if self.lr_find_rule not in RULES:
+            raise UsageError(f"--lr_find_rule {self.lr_find_rule!r}: use one of {', '.join(RULES)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"--weight_decay {self.weight_decay}: must be a finite number >= 0")
         if not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
@@ -172,6 +185,7 @@ class RecipeArguments:
     train: TrainArguments
     layerwise_args: LayerwiseArguments
     layerwise: LayerwiseConfig
+    auto_top_multiplier: bool = False  # --top_lr_multiplier auto: a multiplier scan chooses it before training
 
 
 class _Parser(HfArgumentParser):
@@ -195,15 +209,35 @@ def parse_args(argv: Sequence[str] | None = None) -> RecipeArguments:
             layer-wise config; the message names the option.
     """
     parser = _Parser((ModelArguments, DataArguments, TrainArguments, LayerwiseArguments))
+    for flag in ("--learning_rate", "--top_lr_multiplier"):  # a number, or 'auto' (the LR range test chooses)
+        parser._option_string_actions[flag].type = _number_or_auto
     try:
         model, data, train, lw = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     except UsageError:
         raise
     except ValueError as err:  # HfArgumentParser: "Some specified arguments are not used ..."
         raise UsageError(f"{one_line(err)} (see --help)") from None
+    auto_top = lw.top_lr_multiplier == "auto"
+    if auto_top:
+        lw.top_lr_multiplier = None  # the preset's (or the default 5) until the scan has chosen
     try:
         # --weight_decay is the recipe's weight decay unless --layerwise_weight_decay says otherwise
         cfg = lw.to_config(weight_decay=train.weight_decay)
     except (ValueError, TypeError) as err:
         raise UsageError(f"layer-wise options: {one_line(err)}") from None
-    return RecipeArguments(model, data, train, lw, cfg)
+    if auto_top:
+        lw.top_lr_multiplier = "auto"
+        if not cfg.top_k:
+            raise UsageError("--top_lr_multiplier auto scans the multiplier of the top-k blocks, but top_k is 0: pass "
+                             "--top_k N (or a preset with top blocks, such as top3x5)")
+    if (train.learning_rate == "auto" or auto_top) and cfg.unfreeze_every:
+        raise UsageError("--learning_rate/--top_lr_multiplier auto with gradual unfreezing: the range test would see "
+                         "only the head training; pass numbers, or drop --unfreeze_every")
+    return RecipeArguments(model, data, train, lw, cfg, auto_top_multiplier=auto_top)
+
+
+def _number_or_auto(value: str) -> float | str:
+    return "auto" if value.strip().lower() == "auto" else float(value)
+
+
+_number_or_auto.__name__ = "number (or auto)"  # argparse: "invalid number (or auto) value: 'x'"

@@ -215,6 +215,8 @@ def settings_fingerprint(args: RecipeArguments, num_processes: int) -> dict[str,
                 settings[f"--{key}"] = _normalized(value)
     for key, value in args.layerwise.to_dict().items():
         settings[f"layer-wise {key}"] = value
+    if args.auto_top_multiplier:
+        settings["layer-wise top_lr_multiplier"] = "auto"
     return settings
 
 
@@ -267,7 +269,8 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
                    history: list[dict], log_history: list[dict], num_processes: int, completed_steps: int,
                    train_time_s: float, eval_time_s: float, checkpoint_time_s: float, trained_samples: int,
                    trainable_params: int, resumed_from: list[str],
-                   feature_cache: dict[str, Any] | None = None) -> dict[str, Any]:
+                   feature_cache: dict[str, Any] | None = None,
+                   lr_find: dict[str, Any] | None = None) -> dict[str, Any]:
     """``results.json`` of either recipe: the same keys, whichever loop trained.
 
     ``metrics`` are the final (or, with early stopping, the best) dev metrics; ``history`` one entry per evaluation;
@@ -275,7 +278,8 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
     time of the whole training loop, evaluations and checkpoints included (as in the committed study);
     ``train_samples_per_second`` counts the training steps only: evaluation and checkpoint time are taken out and
     reported as ``eval_time_s`` and ``checkpoint_time_s``. ``feature_cache`` describes the frozen-feature cache (its
-    build time is part of ``train_time_s``); None without one.
+    build time is part of ``train_time_s``); None without one. ``lr_find``: what ``--learning_rate auto`` /
+    ``--top_lr_multiplier auto`` chose and the curves (its ``time_s`` is not part of ``train_time_s``); None without.
     """
     import accelerate
     import transformers
@@ -307,6 +311,7 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
         "layerwise": args.layerwise.to_dict(),
         "trainable_params": trainable_params,
         "feature_cache": feature_cache,
+        "lr_find": lr_find,
         "config": {"model": vars(args.model), "data": vars(args.data), "train": vars(args.train),
                    "layerwise_args": vars(args.layerwise_args)},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

@@ -46,7 +46,7 @@ SWEEP_PID_ENV = "HF_LAYERWISE_SWEEP_PID"  # set by recipes/ablate.py for the run
 # What a run leaves in its folder. Anything else (a sweep's status.json and log.txt, the user's own files) is
 # neither a reason to refuse the folder nor deleted by --overwrite_output_dir.
 _RUN_FILES = ("results.json", "health.jsonl", "report.html", "lr_per_depth.png", "update_ratio_per_depth.png",
-              "grad_norm_per_depth.png", "weight_histograms.png")
+              "grad_norm_per_depth.png", "weight_histograms.png", "lr_find.json", "lr_find.png")
 CACHE_DIR = "feature_cache"  # --cache_frozen's states beyond its memory budget (removed at the end of a run)
 _RUN_FOLDERS = ("best_model", "model", "health_tb", "glue", "runs", CACHE_DIR)
 _RUN_PREFIXES = ("step_", ".tmp-step_", "checkpoint-")

@@ -1,0 +1,159 @@
+"""``--learning_rate auto`` and ``--top_lr_multiplier auto`` of the GLUE recipes: the LR range test before training.
+
+Both recipes (and ``recipes/lr_find.py``) call :func:`choose_learning_rate` once the model is frozen as configured and
+the training batches exist: first the base LR (:func:`~hf_layerwise.find_lr`, every group keeping its multiplier),
+then, with ``--top_lr_multiplier auto``, the top-k blocks' multiplier at that base LR
+(:func:`~hf_layerwise.scan_multiplier`). Weights, optimizer, RNG streams and data order are restored after each test,
+so the training that follows is the run ``--learning_rate <the suggestion>`` would have been. The curves, the
+suggestions and the rule go to ``OUTPUT_DIR/lr_find.json`` (a resumed run reads its choice back from there) and
+``lr_find.png``, and into ``results.json`` under ``lr_find``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..config import LayerwiseConfig
+from ..errors import RunFailed
+from ..layers import LayerMap
+from ..lr_finder import LRFinderResult, find_lr, plot_lr_find, scan_multiplier
+from ..optimizer import create_optimizer, param_groups
+from .arguments import RecipeArguments
+from .run_dir import write_json_atomic
+
+__all__ = ["LR_FIND_JSON", "LR_FIND_PNG", "PROVISIONAL_LR", "LRChoice", "wants_search", "provisional_lr",
+           "choose_learning_rate", "regroup", "write_lr_find"]
+
+LR_FIND_JSON = "lr_find.json"
+LR_FIND_PNG = "lr_find.png"
+PROVISIONAL_LR = 1e-3  # the optimizer's base LR until the finder has chosen (the finder sets every group's LR itself)
+logger = logging.getLogger("hf_layerwise.lr_find")
+
+
+@dataclass
+class LRChoice:
+    """What the range tests chose: the base LR, the layer-wise config (its top multiplier scanned), the tests."""
+
+    learning_rate: float
+    layerwise: LayerwiseConfig
+    tests: list[LRFinderResult]
+    time_s: float
+    reused_from: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """``lr_find.json`` and the ``lr_find`` entry of ``results.json``."""
+        return {"learning_rate": self.learning_rate, "top_lr_multiplier": self.layerwise.top_lr_multiplier,
+                "rule": self.tests[0].rule if self.tests else None, "time_s": self.time_s,
+                "reused_from": self.reused_from, "tests": [t.to_dict() for t in self.tests]}
+
+
+def wants_search(args: RecipeArguments) -> bool:
+    return args.train.learning_rate == "auto" or args.auto_top_multiplier
+
+
+def provisional_lr(args: RecipeArguments) -> float:
+    """The base LR to build the optimizer with before the finder has run (the given one without ``auto``)."""
+    return PROVISIONAL_LR if args.train.learning_rate == "auto" else float(args.train.learning_rate)
+
+
+def _top_depths(cfg: LayerwiseConfig, num_layers: int) -> list[int]:
+    return list(range(num_layers - cfg.top_k + 1, num_layers + 1))
+
+
+def _reuse(path: str, args: RecipeArguments) -> LRChoice:
+    """A resumed run takes the first segment's choice (the test is not run again)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        lr, top = float(saved["learning_rate"]), float(saved["top_lr_multiplier"])
+        tests = [LRFinderResult.from_dict(t) for t in saved["tests"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunFailed(f"{path}: cannot read the learning rate the first segment chose ({err}); resume needs the "
+                        "lr_find.json of that run") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a scanned multiplier outside 1..20 was reported when it was chosen
+        cfg = dataclasses.replace(args.layerwise, top_lr_multiplier=top)
+    return LRChoice(lr, cfg, tests, time_s=0.0, reused_from=path)
+
+
+def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, layers: LayerMap, *,
+                         optimizer: Any = None, accelerator: Any = None, loss_fn: Any = None,
+                         resume_from: str | None = None, require_valley: bool = True) -> LRChoice:
+    """Run the range tests ``args`` asks for on ``model`` (frozen as configured) with ``batches`` (the training
+    loader: each process its shard); return the choice. ``optimizer`` is the run's own (accelerate recipe: its state
+    is restored after the test); without it a temporary layer-wise AdamW is used (Trainer recipe). ``resume_from``:
+    a resumed run's ``lr_find.json``, read instead of testing again when it exists. ``require_valley=False``
+    (recipes/lr_find.py, which only reports) takes the suggestion of a curve without a usable valley too.
+
+    Raises:
+        RunFailed: the base-LR curve has no usable valley (the message says what the curve did).
+    """
+    if resume_from is not None and os.path.exists(resume_from):
+        return _reuse(resume_from, args)
+    train, cfg = args.train, args.layerwise
+    common = dict(num_steps=train.lr_find_steps, loss_fn=loss_fn, accelerator=accelerator,
+                  accumulation_steps=train.gradient_accumulation_steps, rule=train.lr_find_rule)
+    started, tests = time.perf_counter(), []
+    lr = train.learning_rate
+    if lr == "auto":
+        opt = optimizer if optimizer is not None else create_optimizer(model, cfg, lr=PROVISIONAL_LR, layers=layers)
+        result = find_lr(model, opt, batches, start_lr=train.lr_find_min_lr, end_lr=train.lr_find_max_lr,
+                         max_grad_norm=cfg.max_grad_norm, **common)
+        tests.append(result)
+        if result.suggestion is None or (require_valley and not result.valley):
+            low = min(range(len(result.smoothed)), key=result.smoothed.__getitem__) if result.smoothed else None
+            where = (f"smoothed loss {result.smoothed[0]:.4g} at {result.values[0]:.3g}, lowest {result.smoothed[low]:.4g}"
+                     f" at {result.values[low]:.3g}, stopped ({result.stopped}) at {result.values[-1]:.3g}"
+                     if low is not None else f"stopped ({result.stopped}) before the first point")
+            raise RunFailed(f"--learning_rate auto: the LR range test found no usable learning rate ({result.note}; "
+                            f"{where}). See the curve with recipes/lr_find.py, or pass a number")
+        lr = result.suggestion
+        logger.info("LR range test: base learning rate %.3g (%s rule; %d steps, %s)", lr, result.rule,
+                    len(result.values), result.stopped)
+    lr = float(lr)
+    if args.auto_top_multiplier:
+        scan = scan_multiplier(model, cfg, lr, batches, depths=_top_depths(cfg, layers.num_layers),
+                               name=f"top{cfg.top_k}", layers=layers, **common)
+        tests.append(scan)
+        # no usable valley: the loss does not tell the multipliers apart, so the top blocks get no multiplier
+        multiplier = scan.suggestion if scan.valley and scan.suggestion is not None else 1.0
+        logger.info("multiplier scan of the top %d blocks at base lr %.3g: %.3g%s", cfg.top_k, lr, multiplier,
+                    "" if scan.valley else f" ({scan.note}: 1.0 used)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a multiplier outside 1..20 is what the scan found; it is reported
+            cfg = dataclasses.replace(cfg, top_lr_multiplier=multiplier)
+    return LRChoice(lr, cfg, tests, time_s=round(time.perf_counter() - started, 2))
+
+
+def regroup(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, lr: float, layers: LayerMap) -> None:
+    """Give a fresh (stateless) optimizer the layer-wise groups of ``cfg`` at base ``lr``, in place: the object the
+    engine prepared stays the same one (accelerate keeps it for checkpointing)."""
+    inner = optimizer
+    while hasattr(inner, "optimizer") and hasattr(inner.optimizer, "param_groups"):
+        inner = inner.optimizer
+    if inner.state:
+        raise RuntimeError("regroup: the optimizer has already stepped; its state would not match the new groups")
+    inner.param_groups.clear()
+    inner.defaults["lr"] = lr
+    for group in param_groups(model, cfg, lr, layers=layers):
+        inner.add_param_group(group)
+
+
+def write_lr_find(output_dir: str, choice: LRChoice) -> None:
+    """``lr_find.json`` and, with matplotlib installed, ``lr_find.png`` (a resumed run keeps the first ones)."""
+    if choice.reused_from is not None:
+        return
+    write_json_atomic(os.path.join(output_dir, LR_FIND_JSON), choice.record())
+    try:
+        plot_lr_find(choice.tests, os.path.join(output_dir, LR_FIND_PNG))
+    except ImportError:
+        logger.warning("matplotlib is not installed: no %s (pip install 'hf-layerwise[monitor]')", LR_FIND_PNG)

@@ -1,0 +1,101 @@
+"""``--learning_rate auto`` / ``--top_lr_multiplier auto`` end to end on a tiny BERT (dropout on), recipes/lr_find.py
+on 2 processes, and ``describe --lr-find``.
+
+The exactness claim: the range tests restore everything, so an ``auto`` run trains exactly the run that
+``--learning_rate <its choice> --top_lr_multiplier <its choice>`` trains (same weights, bit for bit)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from glue_fixtures import RECIPE_ENV, launch, make_model_dir, write_glue_task
+from safetensors.torch import load_file
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lr_find")
+    model = make_model_dir(str(root / "model"), dropout=0.1)
+    write_glue_task(str(root / "data"), "stsb", n_train=64, n_dev=16)  # regression: the loss falls within a few steps
+    return root, model
+
+
+def _args(setup, out, **extra):
+    root, model = setup
+    args = {"task_name": "stsb", "model_name_or_path": model, "data_dir": str(root / "data"), "output_dir": str(out),
+            "num_train_epochs": "2", "per_device_train_batch_size": "8", "logging_steps": "2", "seed": "4",
+            "preset": "top3x5", "top_k": "2", "lr_find_steps": "24", **extra}
+    return [x for k, v in args.items() for x in (f"--{k}", v)]
+
+
+def _weights(out):
+    return load_file(os.path.join(out, "model", "model.safetensors"))
+
+
+def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
+    auto = tmp_path / "auto"
+    launch("glue.py", _args(setup, auto, learning_rate="auto", top_lr_multiplier="auto", save_model="True",
+                          checkpointing_steps="5"))
+    r = json.loads((auto / "results.json").read_text())
+    found = r["lr_find"]
+    assert [t["kind"] for t in found["tests"]] == ["lr", "multiplier"] and found["tests"][1]["target"] == "top2"
+    assert found["tests"][0]["valley"], found["tests"][0]["note"]
+    assert found["rule"] == "valley" and found["time_s"] > 0 and found["reused_from"] is None
+    lr, top = found["learning_rate"], found["top_lr_multiplier"]
+    assert lr == found["tests"][0]["suggestion"] and 1e-7 <= lr <= 1.0
+    assert r["config"]["train"]["learning_rate"] == lr and r["layerwise"]["top_lr_multiplier"] == top
+    assert json.loads((auto / "lr_find.json").read_text()) == found
+    assert (auto / "lr_find.png").stat().st_size > 1000
+    # the groups the run trained with: the scanned multiplier on the top 2 blocks
+    logged = r["log_history"][-1]
+    assert logged["lr/depth4"] == pytest.approx(top * logged["lr/depth1"])
+
+    fixed = tmp_path / "fixed"
+    launch("glue.py", _args(setup, fixed, learning_rate=repr(lr), top_lr_multiplier=repr(top), save_model="True"))
+    a, b = _weights(auto), _weights(fixed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the range tests changed the run that follows them"
+
+    # a resumed auto run reads the first segment's choice back instead of testing again
+    resumed = tmp_path / "resumed"
+    os.makedirs(resumed)
+    shutil.copytree(auto / "step_5", resumed / "step_5")
+    shutil.copy(auto / "lr_find.json", resumed)
+    launch("glue.py", _args(setup, resumed, learning_rate="auto", top_lr_multiplier="auto", save_model="True",
+                          checkpointing_steps="5", resume_from_checkpoint="latest"))
+    again = json.loads((resumed / "results.json").read_text())["lr_find"]
+    assert again["reused_from"] == str(resumed / "lr_find.json") and again["learning_rate"] == lr
+    c = _weights(resumed)
+    assert all(torch.allclose(a[k], c[k], atol=1e-6, rtol=0) for k in a)
+
+
+def test_trainer_recipe_auto(setup, tmp_path):
+    out = tmp_path / "trainer"
+    launch("glue_trainer.py", _args(setup, out, learning_rate="auto"))
+    r = json.loads((out / "results.json").read_text())
+    assert r["lr_find"]["learning_rate"] == r["config"]["train"]["learning_rate"]
+    assert [t["kind"] for t in r["lr_find"]["tests"]] == ["lr"] and (out / "lr_find.png").exists()
+    peak = max(h["learning_rate"] for h in r["log_history"] if "learning_rate" in h)  # the Trainer's schedule
+    assert peak <= r["lr_find"]["learning_rate"] * 1.0001 and peak > 0.3 * r["lr_find"]["learning_rate"]
+
+
+def test_lr_find_script_two_processes_and_describe(setup, tmp_path):
+    out = tmp_path / "find"
+    proc = launch("lr_find.py", _args(setup, out, scan="top,head,depths", lr_find_steps="12", cpu="True",
+                                        freeze_below="2"), nproc=2)
+    saved = json.loads((out / "lr_find.json").read_text())
+    targets = [t["target"] for t in saved["tests"]]
+    assert targets == [None, "top2", "head", "depth3", "depth4", "depth5"], targets  # depths 0-2 frozen
+    assert "chosen: base lr" in proc.stdout and not (out / "results.json").exists()
+    root, model = setup
+    cli = subprocess.run([sys.executable, "-m", "hf_layerwise", "describe", model, "--preset", "top3x5", "--top_k",
+                          "2", "--freeze_below", "2", "--lr-find", str(out / "lr_find.json")], env=RECIPE_ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "scan suggests" in cli.stdout
+    head_row = [line for line in cli.stdout.splitlines() if line.startswith("5 (head)")][0]
+    head = saved["tests"][2]
+    assert (f"{head['suggestion']:.3g}" if head["valley"] else "no valley") in head_row
