@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Issue 15: the LR range test's questions, beside the committed study (same tasks, settings and seeds; same folders).
+# Resumable: run it again after a kill and it continues.   bash results/minilm/sweep-lr.sh   (repository root)
+#   TASKS=mrpc SEEDS=1-3 CELLS=lr-auto bash results/minilm/sweep-lr.sh     runs a part of it
+# lr-auto:           nothing frozen, one LR for everything, chosen by the range test per task and seed.
+# lr-auto-top3:      that base LR (the same test, so the same value for the same seed) plus the top-3 multiplier a
+#                    scan at that base LR suggests.
+# uniform-5x-freeze: embeddings and blocks 1-3 frozen, 1e-4 everywhere.
+# The range test: 40 steps from 1e-6 to 1e-1 (8 per decade; the default is 100 steps from 1e-7 to 1), to keep its
+# cost near a tenth of a 3-epoch run on these small tasks.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source results/minilm/settings.sh  # PY, MODEL, DATA, COMMON: the study's settings
+FIND=(--lr_find_steps 40 --lr_find_min_lr 1e-6 --lr_find_max_lr 1e-1)
+declare -A CELL=(
+  [lr-auto]="--preset baseline --learning_rate auto ${FIND[*]}"
+  [lr-auto-top3]="--preset baseline --top_k 3 --learning_rate auto --top_lr_multiplier auto ${FIND[*]}"
+  [uniform-5x-freeze]="--preset baseline --freeze_fraction 0.5 --learning_rate 1e-4"
+)
+CELLS=${CELLS:-lr-auto,lr-auto-top3,uniform-5x-freeze}
+ARGS=()
+for name in ${CELLS//,/ }; do ARGS+=(--cell "$name=${CELL[$name]}"); done
+$PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc,stsb,cola}" --seeds "${SEEDS:-1-5}" --out results/minilm \
+    "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them
+$PY recipes/ablate.py report results/minilm --compare_to uniform-5x
