@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
 def _args(setup, out, **extra):
     root, model = setup
     args = {"task_name": "stsb", "model_name_or_path": model, "data_dir": str(root / "data"), "output_dir": str(out),
-            "num_train_epochs": "2", "per_device_train_batch_size": "8", "logging_steps": "2", "seed": "4",
+            "num_train_epochs": "1", "per_device_train_batch_size": "8", "logging_steps": "2", "seed": "4",
             "preset": "top3x5", "top_k": "2", "lr_find_steps": "24", **extra}
     return [x for k, v in args.items() for x in (f"--{k}", v)]
 
@@ -84,7 +84,7 @@ def test_trainer_recipe_auto(setup, tmp_path):
 
 def test_lr_find_script_two_processes_and_describe(setup, tmp_path):
     out = tmp_path / "find"
-    proc = launch("lr_find.py", _args(setup, out, scan="top,head,depths", lr_find_steps="12", cpu="True",
+    proc = launch("lr_find.py", _args(setup, out, scan="top,head,depths", lr_find_steps="10", cpu="True",
                                         freeze_below="2"), nproc=2)
     saved = json.loads((out / "lr_find.json").read_text())
     targets = [t["target"] for t in saved["tests"]]
