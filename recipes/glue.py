@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hf_layerwise import (DepthGradNorms, GradualUnfreezer, HealthConfig, HealthMonitor,  # noqa: E402
                           check_training_setup, create_optimizer, lr_by_depth)
 from hf_layerwise.feature_cache import FrozenFeatureCache, add_cache_rows  # noqa: E402
-from hf_layerwise.optimizer import param_group_mismatch  # noqa: E402
+from hf_layerwise.optimizer import inner_optimizer, param_group_mismatch  # noqa: E402
 from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
@@ -336,9 +336,7 @@ def open_logs(run: Run) -> None:
         run.monitor = HealthMonitor(acc.unwrap_model(run.model), HealthConfig(every_n_steps=train.monitor_every),
                                     run_dir=train.output_dir, layers=run.unfreezer.layers,
                                     is_main_process=acc.is_main_process)
-    inner = run.optimizer
-    while hasattr(inner, "optimizer") and hasattr(inner.optimizer, "param_groups"):
-        inner = inner.optimizer
+    inner = inner_optimizer(run.optimizer)
     logger.info("optimizer groups as %s steps them: %s", type(inner).__name__,
                 ", ".join(f"{g.get('name')} lr={g.get('initial_lr', g['lr']):.3g}" for g in inner.param_groups))
 

@@ -26,7 +26,7 @@ from ..config import LayerwiseConfig
 from ..errors import RunFailed
 from ..layers import LayerMap
 from ..lr_finder import LRFinderResult, find_lr, plot_lr_find, scan_multiplier
-from ..optimizer import create_optimizer, param_groups
+from ..optimizer import create_optimizer, inner_optimizer, param_groups
 from .arguments import RecipeArguments
 from .run_dir import write_json_atomic
 
@@ -137,9 +137,7 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
 def regroup(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, lr: float, layers: LayerMap) -> None:
     """Give a fresh (stateless) optimizer the layer-wise groups of ``cfg`` at base ``lr``, in place: the object the
     engine prepared stays the same one (accelerate keeps it for checkpointing)."""
-    inner = optimizer
-    while hasattr(inner, "optimizer") and hasattr(inner.optimizer, "param_groups"):
-        inner = inner.optimizer
+    inner = inner_optimizer(optimizer)
     if inner.state:
         raise RuntimeError("regroup: the optimizer has already stepped; its state would not match the new groups")
     inner.param_groups.clear()
