@@ -8,6 +8,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 
 import torch
 import transformers as T
@@ -18,20 +19,59 @@ CPU_CONFIG = os.path.join(RECIPES, "accelerate_configs", "cpu_multi_process.yaml
 RECIPE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1"}
 
 
-def launch(script: str, args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
-    """Run ``recipes/<script>`` (``accelerate launch`` with the CPU multi-process config for ``nproc`` > 1, on a free
-    port); fail the test with its stderr unless it exits 0."""
+def _command(script: str, args: list[str], nproc: int) -> list[str]:
     if nproc == 1:
-        cmd = [sys.executable, os.path.join(RECIPES, script), *args]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes",
-               str(nproc), "--main_process_port", str(port), os.path.join(RECIPES, script), *args]
-    proc = subprocess.run(cmd, env=RECIPE_ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+        return [sys.executable, os.path.join(RECIPES, script), *args]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes",
+            str(nproc), "--main_process_port", str(port), os.path.join(RECIPES, script), *args]
+
+
+class Started:
+    """A command started in the background; ``wait()`` fails the test with its stderr unless it exits 0."""
+
+    def __init__(self, cmd: list[str], env: dict | None = None, cwd: str | None = None):
+        self.cmd = cmd
+        self._out, self._err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # no pipe to fill up
+        self.proc = subprocess.Popen(cmd, env=env or RECIPE_ENV, cwd=cwd, stdout=self._out, stderr=self._err)
+
+    def wait(self, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        out, err = (_read_and_close(f) for f in (self._out, self._err))
+        assert code == 0 or not check, err[-4000:]
+        return subprocess.CompletedProcess(self.cmd, code, out, err)
+
+
+def _read_and_close(file) -> str:
+    file.seek(0)
+    text = file.read().decode(errors="replace")
+    file.close()
+    return text
+
+
+def start(script: str, args: list[str], nproc: int = 1) -> Started:
+    """``recipes/<script>`` started in the background (``accelerate launch`` with the CPU multi-process config for
+    ``nproc`` > 1, on a free port). Independent runs of one test (a reference run and the runs compared with it)
+    start together: each runs on one thread (OMP_NUM_THREADS=1), so on two cores they take the time of about one,
+    and their numbers do not depend on it."""
+    return Started(_command(script, args, nproc))
+
+
+def launch(script: str, args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
+    """Run ``recipes/<script>`` to the end (see ``start``); fail the test with its stderr unless it exits 0."""
+    return start(script, args, nproc).wait()
+
+
+def launch_together(*runs: tuple) -> list[subprocess.CompletedProcess]:
+    """Several independent ``(script, args[, nproc])`` runs at once; each must exit 0."""
+    started = [start(*run) for run in runs]
+    return [run.wait() for run in started]
 
 
 WORDS = ["good", "bad", "movie", "plot", "the", "a", "is", "was", "not", "very", "man", "dog", "runs", "eats",

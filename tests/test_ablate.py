@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from glue_fixtures import make_model_dir, write_glue_task
+from glue_fixtures import Started, make_model_dir, write_glue_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -57,7 +57,7 @@ def _three_cells(setup, out):
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_cells(setup, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_three_cells(setup, straight), env=ENV, check=True, capture_output=True)
+    reference = Started(_three_cells(setup, straight), env=ENV)  # meanwhile: kill and resume its twin
     proc = subprocess.Popen(_three_cells(setup, killed), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -75,6 +75,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_cells(setup, tmp_path):
     assert "2 already complete, 1 to run" in out
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime  # not re-run
+    reference.wait()
     assert _summary(straight) == _summary(killed)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
-from glue_fixtures import make_model_dir, write_glue_task
+from glue_fixtures import Started, make_model_dir, write_glue_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -157,7 +157,7 @@ CASES = [
     Case("batch_size_0", "glue", ["--per_device_train_batch_size", "0"], 2, "--per_device_train_batch_size 0"),
     Case("learning_rate_0", "glue", ["--learning_rate", "0"], 2, "--learning_rate 0.0: must be a finite number > 0"),
     Case("learning_rate_nan", "glue", ["--learning_rate", "nan"], 2, "--learning_rate nan"),
-    Case("learning_rate_word", "glue", ["--learning_rate", "fast"], 2, "invalid float value: 'fast'"),
+    Case("learning_rate_word", "glue", ["--learning_rate", "fast"], 2, "invalid number (or auto) value: 'fast'"),
     Case("warmup_ratio_1.5", "glue", ["--warmup_ratio", "1.5"], 2, "--warmup_ratio 1.5: must be in [0, 1)"),
     Case("scheduler_unknown", "glue", ["--lr_scheduler_type", "zigzag"], 2, "--lr_scheduler_type 'zigzag'"),
     Case("task_unknown", "glue", ["--task_name", "nope"], 2, "Unknown GLUE task 'nope'"),
@@ -477,12 +477,14 @@ def test_entry_points_print_one_line(fx, tmp_path):
         ([sys.executable, os.path.join(recipes, "ablate.py"), "run", "--tasks", "rte", "--cell", "x=--top_k -1",
           "--out", str(tmp_path / "s"), "--", "--model_name_or_path", "m"], 2, "cell x (task rte)"),
     ]  # python -m hf_layerwise as a command: tests/test_cli.py
-    for cmd, code, message in commands:
-        proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    debug = commands[0][0] + ["--debug"]
+    started = [Started(cmd, env=ENV) for cmd in [c[0] for c in commands] + [debug]]  # all at once
+    for (cmd, code, message), run in zip(commands, started):
+        proc = run.wait(check=False, timeout=300)
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == code and len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
-    proc = subprocess.run(commands[0][0] + ["--debug"], env=ENV, capture_output=True, text=True, timeout=300)
+    proc = started[-1].wait(check=False, timeout=300)
     assert proc.returncode == 2 and "Traceback" in proc.stderr and proc.stderr.rstrip().splitlines()[-1].startswith(
         "error: --max_train_samples 0")
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()

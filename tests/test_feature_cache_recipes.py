@@ -8,7 +8,7 @@ import json
 import pytest
 from glue_fixtures import make_model_dir, write_glue_task
 from safetensors.torch import load_file
-from test_resume_exact import _compare, _resume_from, _run
+from test_resume_exact import _compare, _resume_from, _run, _start
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,15 @@ def _results(folder):
 def test_cached_runs_train_the_uncached_weights(setup, tmp_path):
     """Dropout off: 1 process with accumulation, 2 processes (each building its shard), and the Trainer recipe."""
     plain, cached, two = tmp_path / "plain", tmp_path / "cached", tmp_path / "two"
-    _run(_args(setup, plain, gradient_accumulation_steps=2))
-    _run(_args(setup, cached, gradient_accumulation_steps=2, cache_frozen=True, cache_dtype="float32"))
-    _run(_args(setup, two, cache_frozen=True, cache_dtype="float32"), nproc=2)  # global batch 16 as above
+    t_plain, t_cached = tmp_path / "t_plain", tmp_path / "t_cached"
+    runs = [_start(_args(setup, plain, gradient_accumulation_steps=2)),  # independent runs: all at once
+            _start(_args(setup, cached, gradient_accumulation_steps=2, cache_frozen=True, cache_dtype="float32")),
+            _start(_args(setup, two, cache_frozen=True, cache_dtype="float32"), nproc=2),  # global batch 16 as above
+            _start(_args(setup, t_plain, gradient_accumulation_steps=2), recipe="glue_trainer.py"),
+            _start(_args(setup, t_cached, gradient_accumulation_steps=2, cache_frozen=True, cache_dtype="float32"),
+                   recipe="glue_trainer.py")]
+    for run in runs:
+        run.wait()
     ref = _weights(plain)
     assert _max_diff(_weights(cached), ref) <= 1e-5
     assert _max_diff(_weights(two), ref) <= 1e-5
@@ -61,10 +67,6 @@ def test_cached_runs_train_the_uncached_weights(setup, tmp_path):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert _results(two)["num_processes"] == 2 and _results(two)["feature_cache"]["examples"] == 112
 
-    t_plain, t_cached = tmp_path / "t_plain", tmp_path / "t_cached"
-    _run(_args(setup, t_plain, gradient_accumulation_steps=2), recipe="glue_trainer.py")
-    _run(_args(setup, t_cached, gradient_accumulation_steps=2, cache_frozen=True, cache_dtype="float32"),
-         recipe="glue_trainer.py")
     assert _max_diff(_weights(t_cached), _weights(t_plain)) <= 1e-5
     assert _results(t_cached)["feature_cache"]["cut"] == 2
 

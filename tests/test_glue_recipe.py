@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from glue_fixtures import make_model_dir, write_glue_task
+from glue_fixtures import launch, launch_together, make_model_dir, start, write_glue_task
 from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,19 +38,8 @@ def _args(setup, out, task="rte", data="data", **extra):
     return args
 
 
-def _launch(args, nproc=1, check=True):
-    if nproc == 1:
-        cmd = [sys.executable, RECIPE, *args]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU_CONFIG, "--num_processes",
-               str(nproc), "--main_process_port", str(port), RECIPE, *args]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+def _launch(args, nproc=1):
+    return launch("glue.py", args, nproc)
 
 
 RESULT_KEYS = {"task", "metrics", "main_metric", "majority_baseline", "history", "log_history", "num_train_examples",
@@ -96,8 +85,8 @@ def test_mnli_reports_matched_and_mismatched(setup, tmp_path):
 @pytest.mark.slow
 def test_two_processes_equal_one_process(setup, tmp_path):
     common = dict(preset="top3x5", top_k=2, unfreeze_every=3, unfreeze_unit="steps", save_model=True)
-    _launch(_args(setup, tmp_path / "one", per_device_train_batch_size=8, **common))
-    _launch(_args(setup, tmp_path / "two", per_device_train_batch_size=4, cpu=True, **common), nproc=2)
+    launch_together(("glue.py", _args(setup, tmp_path / "one", per_device_train_batch_size=8, **common)),
+                    ("glue.py", _args(setup, tmp_path / "two", per_device_train_batch_size=4, cpu=True, **common), 2))
     one, two = _results(tmp_path / "one"), _results(tmp_path / "two")
     assert two["num_processes"] == 2 and two["global_batch_size"] == one["global_batch_size"] == 8
     assert two["metrics"] == pytest.approx(one["metrics"], abs=1e-6)
@@ -126,7 +115,7 @@ def test_kill_and_resume_gives_same_results(setup, tmp_path):
     extra = dict(task="mrpc", data="big", per_device_train_batch_size=8, num_train_epochs=3, checkpointing_steps=7,
                  preset="ulmfit", unfreeze_unit="steps", unfreeze_every=10)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    _launch(_args(setup, straight, **extra))
+    reference = start("glue.py", _args(setup, straight, **extra))  # meanwhile: kill and resume its twin
     proc = subprocess.Popen([sys.executable, RECIPE, *_args(setup, killed, **extra)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -136,6 +125,7 @@ def test_kill_and_resume_gives_same_results(setup, tmp_path):
     proc.wait()
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
     _launch(_args(setup, killed, resume_from_checkpoint="latest", **extra))
+    reference.wait()
     a, b = _results(straight), _results(killed)
     assert b["metrics"] == a["metrics"]
     assert b["history"] == a["history"]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from glue_fixtures import RECIPE_ENV, launch, make_model_dir, write_glue_task
+from glue_fixtures import RECIPE_ENV, launch, launch_together, make_model_dir, write_glue_task
 from safetensors.torch import load_file
 
 
@@ -54,18 +54,18 @@ def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
     logged = r["log_history"][-1]
     assert logged["lr/depth4"] == pytest.approx(top * logged["lr/depth1"])
 
-    fixed = tmp_path / "fixed"
-    launch("glue.py", _args(setup, fixed, learning_rate=repr(lr), top_lr_multiplier=repr(top), save_model="True"))
-    a, b = _weights(auto), _weights(fixed)
-    assert all(torch.equal(a[k], b[k]) for k in a), "the range tests changed the run that follows them"
-
-    # a resumed auto run reads the first segment's choice back instead of testing again
-    resumed = tmp_path / "resumed"
+    # the run with those numbers given (and, at the same time, a resumed auto run: it reads the first segment's
+    # choice back instead of testing again)
+    fixed, resumed = tmp_path / "fixed", tmp_path / "resumed"
     os.makedirs(resumed)
     shutil.copytree(auto / "step_5", resumed / "step_5")
     shutil.copy(auto / "lr_find.json", resumed)
-    launch("glue.py", _args(setup, resumed, learning_rate="auto", top_lr_multiplier="auto", save_model="True",
-                          checkpointing_steps="5", resume_from_checkpoint="latest"))
+    launch_together(("glue.py", _args(setup, fixed, learning_rate=repr(lr), top_lr_multiplier=repr(top),
+                                      save_model="True")),
+                    ("glue.py", _args(setup, resumed, learning_rate="auto", top_lr_multiplier="auto",
+                                      save_model="True", checkpointing_steps="5", resume_from_checkpoint="latest")))
+    a, b = _weights(auto), _weights(fixed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the range tests changed the run that follows them"
     again = json.loads((resumed / "results.json").read_text())["lr_find"]
     assert again["reused_from"] == str(resumed / "lr_find.json") and again["learning_rate"] == lr
     c = _weights(resumed)

@@ -2,20 +2,22 @@
 
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
+from glue_fixtures import Started
 
 HERE = os.path.dirname(__file__)
 RUN = os.path.join(HERE, "trainer_run.py")
 
 
+def _start(cmd, cwd):
+    return Started(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}, cwd=cwd)
+
+
 def _run(cmd, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _start(cmd, cwd).wait(timeout=300)
 
 
 def _params(path, rank=0):
@@ -37,12 +39,13 @@ def _free_port():
 @pytest.mark.parametrize("extra", [["--unfreeze-every", "2"]], ids=["gradual"])  # static: tests/test_resume_exact.py
 def test_resume_equals_straight_run(tmp_path, extra):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    _run([sys.executable, RUN, str(straight), "--max-steps", "12", *extra], tmp_path)
+    reference = _start([sys.executable, RUN, str(straight), "--max-steps", "12", *extra], tmp_path)  # meanwhile:
     # first process: stops after the checkpoint at step 6 (as if killed); second: a fresh process resumes
     _run([sys.executable, RUN, str(resumed), "--max-steps", "12", "--save-steps", "6", "--stop-at", "6", *extra],
          tmp_path)
     assert (resumed / "checkpoint-6").is_dir()
     _run([sys.executable, RUN, str(resumed), "--max-steps", "12", "--save-steps", "6", "--resume", *extra], tmp_path)
+    reference.wait(timeout=300)
     assert _max_diff(_params(straight), _params(resumed)) <= 1e-6
 
 
@@ -50,9 +53,10 @@ def test_resume_equals_straight_run(tmp_path, extra):
 def test_two_process_gradual_unfreezing_matches_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["--max-steps", "10", "--unfreeze-every", "2", "--no-dropout"]
-    _run([sys.executable, RUN, str(one), "--batch", "8", *common], tmp_path)
+    reference = _start([sys.executable, RUN, str(one), "--batch", "8", *common], tmp_path)  # both at once
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
           RUN, str(two), "--batch", "4", *common], tmp_path)
+    reference.wait(timeout=300)
     rank0, rank1 = _params(two, 0), _params(two, 1)
     assert _max_diff(rank0, rank1) == 0.0  # blocks unfrozen mid-run were synchronized, not trained per rank
     assert _max_diff(_params(one), rank0) <= 1e-5

@@ -11,9 +11,8 @@ import os
 import shutil
 
 import pytest
-from glue_fixtures import launch, make_model_dir, write_glue_task
+from glue_fixtures import make_model_dir, start, write_glue_task
 from safetensors.torch import load_file
-
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +33,24 @@ def _args(setup, out, **extra):
     return [x for k, v in args.items() for x in ([f"--{k}"] if v is True else [f"--{k}", str(v)])] + ["--save_model"]
 
 
+def _start(args, recipe="glue.py", nproc=1):
+    return start(recipe, [*args, "--cpu"] if nproc > 1 else args, nproc)
+
+
 def _run(args, recipe="glue.py", nproc=1):
-    launch(recipe, [*args, "--cpu"] if nproc > 1 else args, nproc)
+    _start(args, recipe, nproc).wait()
 
 
-def _resume_from(straight, checkpoint, resumed, args, **kwargs):
-    """A fresh process continues from a copy of one of the uninterrupted run's checkpoints."""
+def _start_resume(straight, checkpoint, resumed, args, **kwargs):
+    """A fresh process continues from a copy of one of the uninterrupted run's checkpoints (started, not awaited)."""
     os.makedirs(resumed)
     shutil.copytree(straight / checkpoint, resumed / checkpoint)
     out_at = args.index("--output_dir") + 1
-    _run([*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"], **kwargs)
+    return _start([*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"], **kwargs)
+
+
+def _resume_from(straight, checkpoint, resumed, args, **kwargs):
+    _start_resume(straight, checkpoint, resumed, args, **kwargs).wait()
 
 
 def _compare(straight, resumed):
@@ -66,10 +73,11 @@ def test_resume_mid_epoch_and_at_an_epoch_end_batch(setup, tmp_path):
     args = _args(setup, straight)
     _run(args)
     assert {"model.safetensors", "optimizer.bin", "progress.json"} <= set(os.listdir(straight / "step_6"))
-    for checkpoint in ("step_6", "step_12"):  # batch 6 of 12 (a loss sum pending); the epoch's last batch
-        resumed = tmp_path / checkpoint
-        _resume_from(straight, checkpoint, resumed, args)
-        result = _compare(straight, resumed)
+    checkpoints = ("step_6", "step_12")  # batch 6 of 12 (a loss sum pending); the epoch's last batch
+    for run in [_start_resume(straight, c, tmp_path / c, args) for c in checkpoints]:  # both at once
+        run.wait()
+    for checkpoint in checkpoints:
+        result = _compare(straight, tmp_path / checkpoint)
     assert result["completed_steps"] == 24 and len(result["log_history"]) == 4
 
 
