@@ -319,8 +319,7 @@ def search_learning_rate(args: RecipeArguments, accelerator: Accelerator, model:
     regroup(optimizer, accelerator.unwrap_model(model), choice.layerwise, choice.learning_rate, unfreezer.layers)
     check_groups(args, accelerator, model, optimizer, unfreezer, choice.learning_rate)
     logger.info("learning rate %.3g, top-%d multiplier %.3g (%s; range tests %.1f s)", choice.learning_rate,
-                choice.layerwise.top_k, choice.layerwise.top_lr_multiplier,
-                f"from {choice.reused_from}" if choice.reused_from else "chosen by the LR range test", choice.time_s)
+                choice.layerwise.top_k, choice.layerwise.top_lr_multiplier, choice.source, choice.time_s)
     return choice
 
 

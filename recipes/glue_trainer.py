@@ -216,7 +216,7 @@ def search_learning_rate(args: RecipeArguments, model: torch.nn.Module, tokenize
                                   resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None)
     args.train.learning_rate, args.layerwise = choice.learning_rate, choice.layerwise
     print(f"learning rate {choice.learning_rate:.3g}, top-{choice.layerwise.top_k} multiplier "
-          f"{choice.layerwise.top_lr_multiplier:.3g} ({'from ' + choice.reused_from if choice.reused_from else 'LR range test'})")
+          f"{choice.layerwise.top_lr_multiplier:.3g} ({choice.source})")
     return choice
 
 

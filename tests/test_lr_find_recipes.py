@@ -72,6 +72,23 @@ def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
     assert all(torch.allclose(a[k], c[k], atol=1e-6, rtol=0) for k in a)
 
 
+def test_fallback_when_the_curve_has_no_valley(setup, tmp_path):
+    """A range far too low to train has no usable valley: with --lr_find_fallback the run trains at the fallback
+    (recorded as such) and is the run --learning_rate <fallback> trains, bit for bit (without it the run stops with
+    one line: tests/test_bad_inputs.py)."""
+    flat = dict(learning_rate="auto", lr_find_min_lr="1e-9", lr_find_max_lr="1e-8", lr_find_steps="6",
+                save_model="True")
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    launch_together(("glue.py", _args(setup, auto, lr_find_fallback="0.002", **flat)),
+                    ("glue.py", _args(setup, fixed, learning_rate="0.002", save_model="True")))
+    found = json.loads((auto / "results.json").read_text())["lr_find"]
+    assert found["fallback"] is True and found["learning_rate"] == 0.002
+    assert not found["tests"][0]["valley"] and found["tests"][0]["note"]  # why it has none
+    assert json.loads((fixed / "results.json").read_text())["lr_find"] is None
+    a, b = _weights(auto), _weights(fixed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "the fallback run is not the run at the fallback LR"
+
+
 def test_trainer_recipe_auto(setup, tmp_path):
     out = tmp_path / "trainer"
     launch("glue_trainer.py", _args(setup, out, learning_rate="auto"))

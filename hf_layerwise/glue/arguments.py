@@ -116,6 +116,9 @@ class TrainArguments:
     lr_find_max_lr: float = field(default=1.0, metadata={"help": "with --learning_rate auto: the range's ceiling"})
     lr_find_rule: str = field(default="valley", metadata={
         "help": "with 'auto': valley (fastai's default), steep or minimum (the lowest loss's LR / 10)"})
+    lr_find_fallback: float | None = field(default=None, metadata={
+        "help": "with --learning_rate auto: the learning rate to train with when the range test finds no usable "
+                "valley (recorded as such in results.json); default: stop with an error"})
     debug: bool = field(default=False, metadata={"help": "show the traceback of an error (or HF_LAYERWISE_DEBUG=1)"})
 
     def __post_init__(self) -> None:
@@ -133,6 +136,9 @@ class TrainArguments:
         if not (math.isfinite(self.lr_find_max_lr) and 0 < self.lr_find_min_lr < self.lr_find_max_lr):
             raise UsageError(f"--lr_find_min_lr {self.lr_find_min_lr} / --lr_find_max_lr {self.lr_find_max_lr}: need "
                              "0 < min < max (finite)")
+        if self.lr_find_fallback is not None and not (math.isfinite(self.lr_find_fallback)
+                                                      and self.lr_find_fallback > 0):
+            raise UsageError(f"--lr_find_fallback {self.lr_find_fallback}: must be a finite number > 0")
         if self.lr_find_rule not in RULES:
             raise UsageError(f"--lr_find_rule {self.lr_find_rule!r}: use one of {', '.join(RULES)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):

@@ -48,12 +48,20 @@ class LRChoice:
     tests: list[LRFinderResult]
     time_s: float
     reused_from: str | None = None
+    fallback: bool = False  # the base-LR curve had no usable valley: ``--lr_find_fallback`` was used
+
+    @property
+    def source(self) -> str:
+        """Where the numbers came from, for the log line."""
+        if self.reused_from:
+            return f"from {self.reused_from}"
+        return "--lr_find_fallback: the range test found no valley" if self.fallback else "chosen by the LR range test"
 
     def record(self) -> dict[str, Any]:
         """``lr_find.json`` and the ``lr_find`` entry of ``results.json``."""
         return {"learning_rate": self.learning_rate, "top_lr_multiplier": self.layerwise.top_lr_multiplier,
-                "rule": self.tests[0].rule if self.tests else None, "time_s": self.time_s,
-                "reused_from": self.reused_from, "tests": [t.to_dict() for t in self.tests]}
+                "rule": self.tests[0].rule if self.tests else None, "fallback": self.fallback,
+                "time_s": self.time_s, "reused_from": self.reused_from, "tests": [t.to_dict() for t in self.tests]}
 
 
 def wants_search(args: RecipeArguments) -> bool:
@@ -76,13 +84,14 @@ def _reuse(path: str, args: RecipeArguments) -> LRChoice:
             saved = json.load(f)
         lr, top = float(saved["learning_rate"]), float(saved["top_lr_multiplier"])
         tests = [LRFinderResult.from_dict(t) for t in saved["tests"]]
+        fallback = bool(saved.get("fallback", False))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunFailed(f"{path}: cannot read the learning rate the first segment chose ({err}); resume needs the "
                         "lr_find.json of that run") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a scanned multiplier outside 1..20 was reported when it was chosen
         cfg = dataclasses.replace(args.layerwise, top_lr_multiplier=top)
-    return LRChoice(lr, cfg, tests, time_s=0.0, reused_from=path)
+    return LRChoice(lr, cfg, tests, time_s=0.0, reused_from=path, fallback=fallback)
 
 
 def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, layers: LayerMap, *,
@@ -93,32 +102,42 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
     is restored after the test); without it a temporary layer-wise AdamW is used (Trainer recipe). ``resume_from``:
     a resumed run's ``lr_find.json``, read instead of testing again when it exists. ``require_valley=False``
     (recipes/lr_find.py, which only reports) takes the suggestion of a curve without a usable valley too.
+    ``--lr_find_fallback`` (``args.train.lr_find_fallback``): the base LR to use when the curve has no usable valley
+    (``fallback`` is then True in the record) instead of stopping.
 
     Raises:
-        RunFailed: the base-LR curve has no usable valley (the message says what the curve did).
+        RunFailed: the base-LR curve has no usable valley and no fallback was given (the message says what the curve
+            did).
     """
     if resume_from is not None and os.path.exists(resume_from):
         return _reuse(resume_from, args)
     train, cfg = args.train, args.layerwise
     common = dict(num_steps=train.lr_find_steps, loss_fn=loss_fn, accelerator=accelerator,
                   accumulation_steps=train.gradient_accumulation_steps, rule=train.lr_find_rule)
-    started, tests = time.perf_counter(), []
+    started, tests, fallback = time.perf_counter(), [], False
     lr = train.learning_rate
     if lr == "auto":
         opt = optimizer if optimizer is not None else create_optimizer(model, cfg, lr=PROVISIONAL_LR, layers=layers)
         result = find_lr(model, opt, batches, start_lr=train.lr_find_min_lr, end_lr=train.lr_find_max_lr,
                          max_grad_norm=cfg.max_grad_norm, **common)
         tests.append(result)
-        if result.suggestion is None or (require_valley and not result.valley):
+        no_answer = result.suggestion is None or (require_valley and not result.valley)
+        if no_answer and train.lr_find_fallback is not None:
+            lr, fallback = train.lr_find_fallback, True
+            logger.warning("LR range test: %s; training at --lr_find_fallback %.3g", result.note or "no suggestion",
+                           lr)
+        elif no_answer:
             low = min(range(len(result.smoothed)), key=result.smoothed.__getitem__) if result.smoothed else None
             where = (f"smoothed loss {result.smoothed[0]:.4g} at {result.values[0]:.3g}, lowest {result.smoothed[low]:.4g}"
                      f" at {result.values[low]:.3g}, stopped ({result.stopped}) at {result.values[-1]:.3g}"
                      if low is not None else f"stopped ({result.stopped}) before the first point")
             raise RunFailed(f"--learning_rate auto: the LR range test found no usable learning rate ({result.note}; "
-                            f"{where}). See the curve with recipes/lr_find.py, or pass a number")
-        lr = result.suggestion
-        logger.info("LR range test: base learning rate %.3g (%s rule; %d steps, %s)", lr, result.rule,
-                    len(result.values), result.stopped)
+                            f"{where}). See the curve with recipes/lr_find.py, pass a number, or pass "
+                            "--lr_find_fallback LR to train at LR when this happens")
+        else:
+            lr = result.suggestion
+            logger.info("LR range test: base learning rate %.3g (%s rule; %d steps, %s)", lr, result.rule,
+                        len(result.values), result.stopped)
     lr = float(lr)
     if args.auto_top_multiplier:
         scan = scan_multiplier(model, cfg, lr, batches, depths=_top_depths(cfg, layers.num_layers),
@@ -131,7 +150,7 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a multiplier outside 1..20 is what the scan found; it is reported
             cfg = dataclasses.replace(cfg, top_lr_multiplier=multiplier)
-    return LRChoice(lr, cfg, tests, time_s=round(time.perf_counter() - started, 2))
+    return LRChoice(lr, cfg, tests, time_s=round(time.perf_counter() - started, 2), fallback=fallback)
 
 
 def regroup(optimizer: Any, model: nn.Module, cfg: LayerwiseConfig, lr: float, layers: LayerMap) -> None:

@@ -8,10 +8,12 @@
 # uniform-5x-freeze: embeddings and blocks 1-3 frozen, 1e-4 everywhere.
 # The range test: 40 steps from 1e-6 to 1e-1 (8 per decade; the default is 100 steps from 1e-7 to 1), to keep its
 # cost near a tenth of a 3-epoch run on these small tasks.
+# A curve without a usable valley (RTE: the loss stays at ln 2 until it diverges) trains at the study's 2e-5, what
+# the user would have used without the test (--lr_find_fallback; results.json says "fallback": true).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source results/minilm/settings.sh  # PY, MODEL, DATA, COMMON: the study's settings
-FIND=(--lr_find_steps 40 --lr_find_min_lr 1e-6 --lr_find_max_lr 1e-1)
+FIND=(--lr_find_steps 40 --lr_find_min_lr 1e-6 --lr_find_max_lr 1e-1 --lr_find_fallback 2e-5)
 declare -A CELL=(
   [lr-auto]="--preset baseline --learning_rate auto ${FIND[*]}"
   [lr-auto-top3]="--preset baseline --top_k 3 --learning_rate auto --top_lr_multiplier auto ${FIND[*]}"
