@@ -302,9 +302,55 @@ def collect(out: str) -> list[dict]:
         rows.append({"task": task, "cell": rel[1], "seed": r.get("seed", rel[2][4:]), "metric": main, "value": value,
                      "majority": majority, "failed": value is None or value <= majority + 1e-12,
                      "train_time_s": r.get("train_time_s"), "trainable_params": r.get("trainable_params"),
-                     **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}})
+                     **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}, **_lr_find_columns(r)})
     rows.sort(key=lambda r: (r["task"], r["cell"], r["seed"]))
     return rows
+
+
+def _lr_find_columns(r: dict) -> dict:
+    """A ``--learning_rate auto`` run's choice (none for a run with a given LR, so their CSV columns stay as they
+    were): the base LR, the scanned top-k multiplier (None without a scan), whether it fell back, the tests' time."""
+    found = r.get("lr_find")
+    if not isinstance(found, dict):
+        return {}
+    scanned = any(t.get("kind") == "multiplier" for t in found.get("tests") or [])
+    return {"lr_find_lr": found.get("learning_rate"), "lr_find_top": found.get("top_lr_multiplier") if scanned else None,
+            "lr_find_fallback": bool(found.get("fallback")), "lr_find_time_s": found.get("time_s")}
+
+
+def lr_find_lines(rows: list[dict]) -> list[str]:
+    """summary.md's table of the LR range tests: per task and cell with ``--learning_rate auto`` runs, the base LR
+    chosen (median, range), the scanned multiplier, the fallbacks and the tests' cost against training time."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("lr_find_lr") is not None:
+            groups.setdefault((r["task"], r["cell"]), []).append(r)
+    if not groups:
+        return []
+
+    def spread(values: list[float]) -> str:
+        return "—" if not values else (f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
+                                      if len(values) > 1 else f"{values[0]:.3g}")
+
+    lines = ["## LR range tests (`--learning_rate auto`)", "",
+             "Per task and cell: the base learning rate the range test chose (median over the seeds that did not "
+             "fall back, min-max), the "
+             "top-k multiplier the scan chose, the runs that trained at `--lr_find_fallback` because the curve had "
+             "no usable valley, and the range tests' time: median seconds and median ratio to the same run's "
+             "training time (which does not include them).", "",
+             "| task | cell | runs | learning rate | top multiplier | fallbacks | range tests | / train time |",
+             "|---|---|---:|---|---|---:|---:|---:|"]
+    for (task, cell), runs in sorted(groups.items()):
+        lrs = [r["lr_find_lr"] for r in runs if not r["lr_find_fallback"]]
+        tops = [r["lr_find_top"] for r in runs if r["lr_find_top"] is not None]
+        times = [r["lr_find_time_s"] for r in runs if r["lr_find_time_s"] is not None]
+        ratios = [r["lr_find_time_s"] / r["train_time_s"] for r in runs
+                  if r["lr_find_time_s"] is not None and r["train_time_s"]]
+        lines.append(f"| {task} | {cell} | {len(runs)} | {spread(lrs)} | {spread(tops)} | "
+                     f"{sum(r['lr_find_fallback'] for r in runs)} | "
+                     f"{f'{statistics.median(times):.0f} s' if times else '—'} | "
+                     f"{f'{statistics.median(ratios):.3f}' if ratios else '—'} |")
+    return [*lines, ""]
 
 
 def t_quantile_975(df: int) -> float:
@@ -487,6 +533,7 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
                          f"{_duration(total) if not math.isnan(total) else '—'} | "
                          f"{_ratio_text(all_tasks_time_ratio(summary, cell))} |")
         lines.append("")
+    lines += lr_find_lines(rows)
     if crashed:
         lines += ["Runs that crashed (no results; see their status.json): " + ", ".join(crashed), ""]
     with open(path, "w") as f:

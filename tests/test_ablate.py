@@ -109,12 +109,12 @@ def test_cells_seeds_and_grid():
         ablate.build_cells(["baseline", "baseline"], [], [])
 
 
-def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0):
+def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0, lr_find=None):
     folder = out / task / cell / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({
         "task": task, "seed": seed, "main_metric": metric, "metrics": {metric: value},
-        "majority_baseline": {metric: majority}, "train_time_s": seconds}))
+        "majority_baseline": {metric: majority}, "train_time_s": seconds, "lr_find": lr_find}))
 
 
 def test_statistics_against_hand_computed_values(tmp_path):
@@ -173,6 +173,36 @@ def test_paired_differences_to_a_control_cell(tmp_path):
     assert "| uniform-5x | 62.67 | 62.67 | 3 | +2.67 [-1.13, +6.46] (n=3) | — | 1m00s | 1.00 |" in md
     with pytest.raises(ablate.UsageError, match="no such cell.*baseline, top3x5, uniform-5x"):
         ablate.report(str(tmp_path), compare_to=("uniform-1x",))
+
+
+def test_lr_range_tests_table(tmp_path):
+    def found(lr, time_s, top=None, fallback=False):
+        tests = [{"kind": "lr"}] + ([{"kind": "multiplier"}] if top is not None else [])
+        return {"learning_rate": lr, "top_lr_multiplier": 1.0 if top is None else top, "fallback": fallback,
+                "time_s": time_s, "tests": tests}
+
+    for seed in (1, 2, 3):
+        _fake_run(tmp_path, "rte", "baseline", seed, 0.6, 0.5, seconds=100.0)
+    _fake_run(tmp_path, "rte", "auto", 1, 0.6, 0.5, seconds=100.0, lr_find=found(1e-4, 10.0))
+    _fake_run(tmp_path, "rte", "auto", 2, 0.6, 0.5, seconds=200.0, lr_find=found(4e-4, 30.0))
+    _fake_run(tmp_path, "rte", "auto", 3, 0.6, 0.5, seconds=100.0, lr_find=found(2e-5, 12.0, fallback=True))
+    _fake_run(tmp_path, "rte", "auto-top", 1, 0.6, 0.5, seconds=100.0, lr_find=found(1e-4, 20.0, top=8.0))
+    ablate.report(str(tmp_path))
+    md = (tmp_path / "summary.md").read_text()
+    # learning rates of the runs that did not fall back: 1e-4, 4e-4 (median 2.5e-4); time ratios 0.1, 0.15, 0.12
+    assert "| rte | auto | 3 | 0.00025 (0.0001-0.0004) | — | 1 | 12 s | 0.120 |" in md
+    assert "| rte | auto-top | 1 | 0.0001 | 8 | 0 | 20 s | 0.200 |" in md
+    assert "| rte | baseline |" not in md  # runs with a given LR have no row
+    with open(tmp_path / "summary.csv") as f:
+        header = f.readline().strip().split(",")
+    assert {"lr_find_lr", "lr_find_top", "lr_find_fallback", "lr_find_time_s"} <= set(header)
+
+
+def test_no_lr_range_test_columns_without_auto_runs(tmp_path):
+    _fake_run(tmp_path, "rte", "baseline", 1, 0.6, 0.5)
+    ablate.report(str(tmp_path))
+    assert "lr_find" not in (tmp_path / "summary.csv").read_text()
+    assert "LR range tests" not in (tmp_path / "summary.md").read_text()
 
 
 def test_time_ratio_is_seed_paired(tmp_path):
