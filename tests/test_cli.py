@@ -32,3 +32,14 @@ def test_module_entry_point_offline(tmp_path):
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert "0.5905" in proc.stdout  # depth 0: 0.9 ** 5
+
+
+def test_scan_suggestions_say_when_the_base_lr_fell_back():
+    from hf_layerwise.__main__ import scan_suggestions
+
+    scan = {"kind": "multiplier", "valley": True, "suggestion": 7.0, "depths": [4, 5], "target": "top2"}
+    line, per_depth = scan_suggestions({"learning_rate": 2e-5, "fallback": True, "tests": [{"kind": "lr"}, scan]})
+    assert line == "base learning rate of the scans: 2e-05 (--lr_find_fallback: the range test found no valley)"
+    assert per_depth == {4: ["7 (top2)"], 5: ["7 (top2)"]}
+    line, _ = scan_suggestions({"learning_rate": 1e-4, "fallback": False, "tests": []})
+    assert line == "base learning rate of the scans: 0.0001"
