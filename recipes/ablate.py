@@ -8,8 +8,9 @@
 
 Every cell writes OUT/<task>/<cell>/seed<k>/results.json (glue.py's). A cell whose results.json is complete is
 skipped, so a killed sweep continues where it stopped when the same command is run again; a failing cell (an error,
-a non-finite loss) is recorded (status.json with its error) and the sweep goes on; a lock file keeps two sweeps out
-of one folder. Options after ``--`` (or any option ablate.py does not know) go to every glue.py run; a cell's own
+a non-finite loss) is recorded (status.json with its error) and the sweep goes on; a lock file per task keeps two
+sweeps of one task out of one folder, while sweeps of different tasks may share it (on a 2-core CPU, two sweeps with
+OMP_NUM_THREADS=1 keep both cores busy). Options after ``--`` (or any option ablate.py does not know) go to every glue.py run; a cell's own
 options come after them and win. ``--launcher "accelerate launch --num_processes 1"`` runs each cell under
 accelerate. Tasks, cells and every cell's options are checked before the first run.
 
@@ -20,6 +21,7 @@ recorded as interrupted), and if the sweep is killed outright the run notices (`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import ctypes
 import fcntl
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -130,30 +133,40 @@ def check_cells(tasks: list[str], cells: list[Cell], seeds: list[int], forwarded
 
 
 class SweepLock:
-    """An exclusive, non-blocking lock on OUT/.ablate.lock: a second sweep on the same folder refuses to start."""
+    """Exclusive, non-blocking locks on OUT/<task>/.ablate.lock, one per task of the sweep: a second sweep of one of
+    those tasks in the same folder refuses to start; sweeps of other tasks may run beside it (each run writes only
+    its own task/cell/seed folder, and the report is written atomically)."""
 
-    def __init__(self, out: str) -> None:
-        os.makedirs(out, exist_ok=True)
-        self.path = os.path.join(out, ".ablate.lock")
-        self.file = open(self.path, "a+")  # noqa: SIM115 -- held for the sweep's lifetime
+    def __init__(self, out: str, tasks: list[str]) -> None:
+        self.out, self.files = out, []
+        self.paths = [os.path.join(out, task, ".ablate.lock") for task in sorted(set(tasks))]
 
     def __enter__(self) -> SweepLock:
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown pid"
-            raise UsageError(f"another sweep is running on {os.path.dirname(self.path)} ({holder}); wait for it or "
-                             "use another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        self.file.flush()
+        for path in self.paths:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            file = open(path, "a+")  # noqa: SIM115 -- held for the sweep's lifetime
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip() or "unknown pid"
+                file.close()
+                self.__exit__()
+                task = os.path.basename(os.path.dirname(path))
+                raise UsageError(f"another sweep is running task {task} on {self.out} ({holder}); wait for it, "
+                                 "sweep other tasks, or use another --out") from None
+            file.seek(0)
+            file.truncate()
+            file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            file.flush()
+            self.files.append(file)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+        for file in self.files:
+            fcntl.flock(file, fcntl.LOCK_UN)
+            file.close()
+        self.files = []
 
 
 def _duration(seconds: float) -> str:
@@ -237,7 +250,7 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     # run on all tasks before the next cell starts, so a partial sweep already holds paired, comparable cells
     plan = [(t, c, s) for s in seeds for c in cells for t in tasks]
     failures = 0
-    with SweepLock(args.out):
+    with SweepLock(args.out, tasks):
         todo = [(t, c, s) for t, c, s in plan if not is_complete(os.path.join(args.out, t, c.name, f"seed{s}"))]
         print(f"sweep: {len(plan)} cells ({len(tasks)} tasks x {len(cells)} cells x {len(seeds)} seeds), "
               f"{len(plan) - len(todo)} already complete, {len(todo)} to run", flush=True)
@@ -478,6 +491,19 @@ def crashed_cells(out: str) -> list[str]:
     return sorted(crashed)
 
 
+@contextlib.contextmanager
+def _replacing(path: str) -> Iterator[str]:
+    """A temporary file beside ``path`` that replaces it when the block ends without an error (sweeps of other tasks
+    may write the same report at the same time: a reader sees one whole version)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to: tuple[str, ...] = (),
                    crashed: list[str] = ()) -> None:
     tasks = sorted({s["task"] for s in summary})
@@ -536,13 +562,13 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
     lines += lr_find_lines(rows)
     if crashed:
         lines += ["Runs that crashed (no results; see their status.json): " + ", ".join(crashed), ""]
-    with open(path, "w") as f:
+    with _replacing(path) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
 
 
 def write_csv(rows: list[dict], path: str) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with _replacing(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
@@ -583,7 +609,8 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_ylabel("dev score x100 (dots: seeds; diamond: mean ± std)")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with _replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 

@@ -90,10 +90,24 @@ def test_failing_cell_is_recorded_and_the_sweep_goes_on(setup, tmp_path):
 
 
 def test_second_sweep_on_the_same_folder_refuses(setup, tmp_path):
-    with ablate.SweepLock(str(tmp_path)):
+    with ablate.SweepLock(str(tmp_path), ["rte"]):
         proc = subprocess.run(_cmd(setup, tmp_path), env=ENV, capture_output=True, text=True)
-    assert proc.returncode != 0 and "another sweep is running on" in proc.stderr
-    assert not list(tmp_path.glob("rte/*"))
+    assert proc.returncode != 0 and f"another sweep is running task rte on {tmp_path} (pid {os.getpid()}" in proc.stderr
+    assert [p.name for p in tmp_path.glob("rte/*")] == [".ablate.lock"]
+
+
+def test_sweeps_of_other_tasks_share_the_folder(tmp_path):
+    out = str(tmp_path)
+    with ablate.SweepLock(out, ["rte", "mrpc"]):
+        with ablate.SweepLock(out, ["cola", "stsb"]):  # other tasks: allowed beside it
+            with pytest.raises(ablate.UsageError, match="another sweep is running task rte on"):
+                ablate.SweepLock(out, ["rte", "qnli"]).__enter__()  # takes qnli, then finds rte held
+            with ablate.SweepLock(out, ["qnli"]):  # the refused sweep gave back what it had taken
+                pass
+            with pytest.raises(ablate.UsageError, match="task cola"):
+                ablate.SweepLock(out, ["cola"]).__enter__()
+        with ablate.SweepLock(out, ["cola"]):  # released when the second sweep ended
+            pass
 
 
 def test_cells_seeds_and_grid():
@@ -306,7 +320,7 @@ def test_sweep_killed_outright_stops_its_run(setup, tmp_path):
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait()
         assert _gone(run_pid), "the training process outlived the sweep"
-        assert _lock_free(tmp_path / ".ablate.lock")
+        assert _lock_free(tmp_path / "rte" / ".ablate.lock")
         assert _lock_free(tmp_path / "rte" / "baseline" / "seed1" / ".hf_layerwise.lock")
     finally:
         try:
