@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from hf_layerwise.errors import UsageError, one_line, run_cli  # noqa: E402
 from hf_layerwise.glue import get_task  # noqa: E402
 from hf_layerwise.glue.arguments import parse_args as parse_glue_args  # noqa: E402
-from hf_layerwise.glue.run_dir import SWEEP_PID_ENV, checkpoints, write_json_atomic  # noqa: E402
+from hf_layerwise.glue.run_dir import SWEEP_PID_ENV, checkpoints, take_lock, write_json_atomic  # noqa: E402
 
 GLUE_RECIPE = os.path.join(HERE, "glue.py")
 BASELINE = "baseline"
@@ -144,22 +144,13 @@ class SweepLock:
     def __enter__(self) -> SweepLock:
         for path in self.paths:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            file = open(path, "a+")  # noqa: SIM115 -- held for the sweep's lifetime
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                file.seek(0)
-                holder = file.read().strip() or "unknown pid"
-                file.close()
+            handle = take_lock(path)
+            if isinstance(handle, str):
                 self.__exit__()
                 task = os.path.basename(os.path.dirname(path))
-                raise UsageError(f"another sweep is running task {task} on {self.out} ({holder}); wait for it, "
-                                 "sweep other tasks, or use another --out") from None
-            file.seek(0)
-            file.truncate()
-            file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-            file.flush()
-            self.files.append(file)
+                raise UsageError(f"another sweep is running task {task} on {self.out} ({handle}); wait for it, "
+                                 "sweep other tasks, or use another --out")
+            self.files.append(handle)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -60,21 +60,29 @@ def run_artifacts(output_dir: str) -> list[str]:
                   if name in _RUN_FILES or name in _RUN_FOLDERS or name.startswith(_RUN_PREFIXES))
 
 
-def _hold_lock(output_dir: str) -> IO[str]:
-    path = os.path.join(output_dir, LOCK)
-    handle = open(path, "a+")  # noqa: SIM115 -- held (and the lock with it) until the process exits
+def take_lock(path: str) -> IO[str] | str:
+    """An exclusive, non-blocking ``flock`` on ``path`` (created if missing), stamped with this process's pid and the
+    time: the open handle (the lock lasts while it is open), or, when another process holds it, that one's stamp."""
+    handle = open(path, "a+")  # noqa: SIM115 -- the caller keeps it open as long as it needs the lock
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        holder = handle.read().strip() or "unknown pid"
         handle.close()
-        raise UsageError(f"--output_dir {output_dir}: another run is writing to it ({holder}); wait for it to "
-                         "finish, stop it, or choose another --output_dir") from None
+        return holder
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
+    handle.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
+    return handle
+
+
+def _hold_lock(output_dir: str) -> IO[str]:
+    handle = take_lock(os.path.join(output_dir, LOCK))  # held (and the lock with it) until the process exits
+    if isinstance(handle, str):
+        raise UsageError(f"--output_dir {output_dir}: another run is writing to it ({handle}); wait for it to "
+                         "finish, stop it, or choose another --output_dir")
     return handle
 
 
