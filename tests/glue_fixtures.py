@@ -85,7 +85,7 @@ def make_model_dir(path: str, seed: int = 0, layers: int = 4, dropout: float = 0
     vocab = os.path.join(path, "vocab.txt")
     with open(vocab, "w") as f:
         f.write("\n".join(SPECIAL + WORDS + ['"', ".", ","]) + "\n")
-    T.BertTokenizerFast(vocab_file=vocab).save_pretrained(path)
+    T.BertTokenizer(vocab=vocab).save_pretrained(path)
     torch.manual_seed(seed)
     config = T.BertConfig(vocab_size=len(SPECIAL) + len(WORDS) + 3, hidden_size=32, num_hidden_layers=layers,
                           num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
