@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,19 +64,34 @@ class LayerwiseConfig:
         def bad(field: str, value: Any, why: str) -> ValueError:
             return ValueError(f"LayerwiseConfig.{field}={value!r}: {why}")
 
-        if not isinstance(self.freeze_below, int) or self.freeze_below < 0:
+        for name in ("freeze_below", "top_k", "unfreeze_every"):  # bool is an int: True would read as 1
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise bad(name, value, f"must be an integer (got {type(value).__name__})")
+        for name in ("freeze_fraction", "top_lr_multiplier", "head_lr_multiplier", "weight_decay", "layer_decay",
+                     "max_grad_norm"):
+            value = getattr(self, name)
+            if value is None and name in ("layer_decay", "max_grad_norm"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                none = " or None" if name in ("layer_decay", "max_grad_norm") else ""
+                raise bad(name, value, f"must be a number{none} (got {type(value).__name__})")
+        for name in ("freeze_embeddings", "cache_frozen"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, getattr(self, name), f"must be True or False (got {type(getattr(self, name)).__name__})")
+        if self.freeze_below < 0:
             raise bad("freeze_below", self.freeze_below, "must be an integer >= 0 (0 = nothing frozen)")
         if not 0.0 <= self.freeze_fraction < 1.0:
             raise bad("freeze_fraction", self.freeze_fraction, "must be in [0, 1) (0.5 = freeze the bottom half)")
         if self.freeze_below and self.freeze_fraction:
             raise bad("freeze_fraction", self.freeze_fraction, f"set either freeze_below ({self.freeze_below}) or "
                       "freeze_fraction, not both")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if self.top_k < 0:
             raise bad("top_k", self.top_k, "must be an integer >= 0")
-        for field in ("top_lr_multiplier", "head_lr_multiplier"):
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise bad(field, value, "learning-rate multipliers must be finite and > 0")
+        for name in ("top_lr_multiplier", "head_lr_multiplier"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise bad(name, value, "learning-rate multipliers must be finite and > 0")
         if self.top_k and not 1.0 <= self.top_lr_multiplier <= 20.0:
             warnings.warn(
                 f"LayerwiseConfig.top_lr_multiplier={self.top_lr_multiplier} is outside the usual 1..20 range",
@@ -90,7 +106,7 @@ class LayerwiseConfig:
             raise bad("weight_decay", self.weight_decay, "must be >= 0")
         if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
             raise bad("max_grad_norm", self.max_grad_norm, "must be > 0, or None to disable clipping")
-        if not isinstance(self.unfreeze_every, int) or self.unfreeze_every < 0:
+        if self.unfreeze_every < 0:
             raise bad("unfreeze_every", self.unfreeze_every, "must be an integer >= 0 (0 = no gradual unfreezing)")
         if self.unfreeze_unit not in ("epochs", "steps"):
             raise bad("unfreeze_unit", self.unfreeze_unit, "must be 'epochs' or 'steps'")
@@ -116,6 +132,12 @@ class LayerwiseConfig:
                 f"use at most {num_layers}"
             )
         frozen = self.frozen_below(num_layers)
+        if self.freeze_fraction and int(self.freeze_fraction * num_layers) == 0:
+            raise ValueError(
+                f"LayerwiseConfig.freeze_fraction={self.freeze_fraction} of the model's {num_layers} encoder blocks "
+                f"freezes none of them (floor({self.freeze_fraction} x {num_layers}) = 0): use at least "
+                f"{1 / num_layers:.3g}, freeze_below, or freeze_embeddings"
+            )
         if self.cache_frozen and frozen < 1:
             raise ValueError(
                 "LayerwiseConfig.cache_frozen=True needs frozen encoder blocks to cache, but nothing below block 1 is "
@@ -223,7 +245,27 @@ class LayerwiseArguments:
         "help": "run the frozen bottom once per example (no dropout there) and train from its cached output"})
 
     def to_config(self, **defaults: Any) -> LayerwiseConfig:
-        """The :class:`LayerwiseConfig`; ``defaults`` fill fields the command line left unset."""
+        """The :class:`LayerwiseConfig`; ``defaults`` fill fields the command line left unset.
+
+        Raises:
+            ValueError: an option that would do nothing with the others (``--top_lr_multiplier`` when top_k is 0,
+                ``--unfreeze_unit`` without gradual unfreezing, ``--freeze_embeddings`` when ``--freeze_below`` or
+                ``--freeze_fraction`` freezes them already), or an impossible value (naming the field).
+        """
+        cfg = self._config(defaults)
+        origin = f" (preset {self.preset})" if self.preset else ""
+        if self.top_lr_multiplier not in (None, "auto") and not cfg.top_k:
+            raise ValueError(f"--top_lr_multiplier {self.top_lr_multiplier} multiplies the LR of the top_k blocks, but "
+                             f"top_k is 0{origin}: pass --top_k N (or a preset with top blocks), or drop it")
+        if self.unfreeze_unit is not None and not cfg.unfreeze_every:
+            raise ValueError(f"--unfreeze_unit {self.unfreeze_unit} sets the unit of gradual unfreezing, which is off "
+                             f"(unfreeze_every 0{origin}): pass --unfreeze_every N, or drop it")
+        if self.freeze_embeddings and (cfg.freeze_below or cfg.freeze_fraction):
+            raise ValueError("--freeze_embeddings does nothing here: --freeze_below/--freeze_fraction"
+                             f"{origin} freezes the embeddings already; drop it")
+        return cfg
+
+    def _config(self, defaults: dict[str, Any]) -> LayerwiseConfig:
         overrides = dict(defaults)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

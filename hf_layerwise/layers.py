@@ -143,7 +143,8 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                 f"{type(model).__name__} shares its encoder weights across all {expected} layers (ALBERT-style "
                 f"parameter sharing: {getattr(config, 'num_hidden_groups', 1)} block group(s) reused "
                 f"{expected} times), so there is no separate block per depth to freeze or give its own learning "
-                "rate. Layer-wise rates do not apply: fine-tune it with one learning rate (preset 'baseline')."
+                "rate, whatever the preset. hf-layerwise cannot train it; fine-tune it with one learning rate "
+                "outside hf-layerwise (transformers' run_glue example, or a plain Trainer)."
             )
         candidates = matching
     if not candidates:

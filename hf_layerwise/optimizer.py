@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -143,7 +144,8 @@ def create_optimizer(
     backward stops at the first trainable block). With gradual unfreezing, the groups of later stages are already
     in the optimizer and simply receive no gradient until :class:`~hf_layerwise.GradualUnfreezer` unfreezes them;
     ``stage`` is the gradual-unfreezing stage to start at (a resumed run's). ``adamw_kwargs`` go to AdamW
-    (``fused=True`` on CUDA, for instance).
+    (``fused=True`` on CUDA, for instance). Parameters frozen by hand (``requires_grad=False``) that the config
+    trains are unfrozen with a warning naming them: the config is the one place that says what trains.
 
     Example:
         >>> opt = create_optimizer(model, LayerwiseConfig(freeze_below=3), lr=2e-5)   # doctest: +SKIP
@@ -152,6 +154,13 @@ def create_optimizer(
     """
     layers = layers or discover_layers(model)
     groups = param_groups(model, cfg, lr, layers=layers)
+    hand = [name for name, param, depth in layers.named_depths(model)
+            if not param.requires_grad and cfg.is_trainable(depth, layers.num_layers, stage)]
+    if hand:  # the config decides what trains: say so rather than undo the user's freezing silently
+        warnings.warn(f"create_optimizer: {len(hand)} parameter(s) had requires_grad=False but the layer-wise config "
+                      f"trains them, so they are unfrozen: {', '.join(hand[:5])}{' ...' if len(hand) > 5 else ''}. "
+                      "Freeze through the config (freeze_below, freeze_fraction, freeze_embeddings) to keep them "
+                      "frozen", stacklevel=2)
     set_stage(model, cfg, layers, stage=stage)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **adamw_kwargs)
 

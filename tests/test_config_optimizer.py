@@ -20,6 +20,16 @@ from hf_layerwise.config import PRESETS
         (dict(unfreeze_every=-3), "unfreeze_every"),
         (dict(unfreeze_unit="minutes"), "unfreeze_unit"),
         (dict(freeze_below=2, freeze_fraction=0.5), "freeze_fraction"),
+        # wrong types name the field (they were TypeErrors from a comparison, or accepted: "no" is truthy)
+        (dict(freeze_fraction="0.5"), "freeze_fraction"),
+        (dict(layer_decay="0.9"), "layer_decay"),
+        (dict(weight_decay=None), "weight_decay"),
+        (dict(max_grad_norm="1"), "max_grad_norm"),
+        (dict(cache_frozen="no"), "cache_frozen"),
+        (dict(freeze_embeddings=1), "freeze_embeddings"),
+        (dict(top_k=True), "top_k"),
+        (dict(top_k=2.0), "top_k"),
+        (dict(freeze_below="3"), "freeze_below"),
     ],
 )
 def test_invalid_config_names_the_field(kwargs, field):
@@ -120,3 +130,20 @@ def test_each_parameter_in_exactly_one_group():
     groups = param_groups(model, LayerwiseConfig.preset("llrd-0.8"), lr=1e-4)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_create_optimizer_says_when_it_unfreezes_parameters_frozen_by_hand(bert):
+    bert.bert.encoder.layer[3].output.dense.weight.requires_grad_(False)  # the user froze it; the config trains it
+    with pytest.warns(UserWarning, match=r"1 parameter\(s\) had requires_grad=False .*layer\.3\.output\.dense\.weight"):
+        create_optimizer(bert, LayerwiseConfig(freeze_below=2, top_k=2), lr=1e-3)
+    assert bert.bert.encoder.layer[3].output.dense.weight.requires_grad
+    import warnings
+
+    with warnings.catch_warnings():  # frozen by the config: no warning the second time
+        warnings.simplefilter("error")
+        create_optimizer(bert, LayerwiseConfig(freeze_below=2, top_k=2), lr=1e-3)
+
+
+def test_freeze_fraction_that_freezes_no_block_is_refused(bert):
+    with pytest.raises(ValueError, match=r"freeze_fraction=0.2 of the model's 4 encoder blocks freezes none"):
+        LayerwiseConfig(freeze_fraction=0.2).validate_for(4)
