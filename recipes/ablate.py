@@ -45,10 +45,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 from hf_layerwise.errors import UsageError, one_line, run_cli  # noqa: E402
 from hf_layerwise.glue import get_task  # noqa: E402
 from hf_layerwise.glue.arguments import parse_args as parse_glue_args  # noqa: E402
-from hf_layerwise.glue.run_dir import SWEEP_PID_ENV, checkpoints, take_lock, write_json_atomic  # noqa: E402
+from hf_layerwise.glue.run_dir import (SWEEP_PID_ENV, checkpoints, remove_run_files, take_lock,  # noqa: E402
+                                       write_json_atomic)
 
 GLUE_RECIPE = os.path.join(HERE, "glue.py")
 BASELINE = "baseline"
+# glue.py options the sweep sets itself for every run (a cell or a forwarded option must not: with --output_dir every
+# seed would write one folder, with --seed every seed would be the same run)
+SWEEP_OWNED = ("--task_name", "--seed", "--output_dir", "--overwrite_output_dir", "--resume_from_checkpoint")
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -120,9 +124,22 @@ def is_complete(folder: str) -> bool:
         return False
 
 
+def sweep_owned(options: list[str] | tuple[str, ...], where: str) -> None:
+    """Refuse a glue.py option the sweep sets itself (``SWEEP_OWNED``), in a cell or among the forwarded options."""
+    for option in options:
+        flag = option.split("=", 1)[0]
+        if flag in SWEEP_OWNED:
+            what = {"--task_name": "--tasks", "--seed": "--seeds", "--output_dir": "--out (OUT/<task>/<cell>/seed<k>)"
+                    }.get(flag, "the sweep (it resumes or restarts each cell itself)")
+            raise UsageError(f"{where}: {flag} is set by the sweep for every run ({what}); drop it")
+
+
 def check_cells(tasks: list[str], cells: list[Cell], seeds: list[int], forwarded: list[str]) -> None:
     """Parse every cell's glue.py options as glue.py will (before the first run): a typo in the last cell must not
-    surface hours into a sweep."""
+    surface hours into a sweep. Options the sweep sets itself are refused."""
+    sweep_owned(forwarded, "options for every run")
+    for cell in cells:
+        sweep_owned(cell.options, f"cell {cell.name}")
     for cell in cells:
         for task in tasks:
             try:
@@ -206,7 +223,8 @@ def run_cell(cmd: list[str], folder: str, log_path: str) -> tuple[bool, str]:
         return True, ""
     with open(log_path, errors="replace") as f:
         tail = f.read()[-3000:]
-    return False, f"exit code {proc.returncode}\n{tail}"
+    what = f"exit code {proc.returncode}" if proc.returncode else f"exit code 0 but no complete {folder}/results.json"
+    return False, f"{what}\n{tail}"
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
@@ -232,6 +250,8 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
         raise UsageError(one_line(err)) from None
     if not tasks:
         raise UsageError(f"--tasks {args.tasks!r}: no task")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
     if not launcher or shutil.which(launcher[0]) is None:
         raise UsageError(f"--launcher {args.launcher!r}: {launcher[0] if launcher else 'nothing'} is not a program "
@@ -268,10 +288,8 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
             spent.append(time.time() - start)
             status.update(status="complete" if ok else "failed", seconds=round(spent[-1], 1), error=error or None)
             write_json_atomic(os.path.join(folder, "status.json"), status)
-            if ok:
-                for name in os.listdir(folder):  # checkpoints and weights are not results
-                    if name.startswith(("step_", ".tmp-step_", "best_model")):
-                        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+            if ok:  # checkpoints and weights are not results (only what the run's manifest lists is removed)
+                remove_run_files(folder, ("step_", ".tmp-step_", "best_model"))
                 with open(os.path.join(folder, "results.json")) as f:
                     result = json.load(f)
                 outcome = f"{result['main_metric']}={main_value(result):.4f}"
@@ -286,8 +304,9 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------------- report
-def collect(out: str) -> list[dict]:
-    """One row per complete run under OUT (task/cell/seedK/results.json)."""
+def collect(out: str, damaged: list[str] | None = None) -> list[dict]:
+    """One row per complete run under OUT (task/cell/seedK/results.json); the `task/cell/seedK` of results.json files
+    that cannot be read as glue.py's go into ``damaged``."""
     rows = []
     for root, _, files in os.walk(out):
         if "results.json" not in files:
@@ -299,16 +318,70 @@ def collect(out: str) -> list[dict]:
             with open(os.path.join(root, "results.json")) as f:
                 r = json.load(f)
             main, task = r["main_metric"], get_task(r["task"]).name
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a results.json of glue.py (or unreadable): listed with the crashed runs
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            if damaged is not None:  # not a results.json of glue.py (or unreadable): listed with the crashed runs
+                damaged.append("/".join(rel) + " (damaged results.json)")
+            continue
         value = main_value(r)
         majority = (r.get("majority_baseline") or {}).get(main, math.nan)
         rows.append({"task": task, "cell": rel[1], "seed": r.get("seed", rel[2][4:]), "metric": main, "value": value,
                      "majority": majority, "failed": value is None or value <= majority + 1e-12,
                      "train_time_s": r.get("train_time_s"), "trainable_params": r.get("trainable_params"),
-                     **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}, **_lr_find_columns(r)})
+                     **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}, **_lr_find_columns(r),
+                     **_timing_columns(root, r)})
+    mark_shared_load(rows)
     rows.sort(key=lambda r: (r["task"], r["cell"], r["seed"]))
     return rows
+
+
+SAME_MACHINE_S = 12 * 3600  # runs without a host record: started this close, taken to be on the same machine
+SHARED = 0.1  # a run overlapped by other runs of the folder for more than this fraction of its time shared the CPU
+LOW_CPU_SHARE = 0.8  # a run that got less CPU than this per thread shared it (results.json "host", newer runs)
+
+
+def _timing_columns(folder: str, r: dict) -> dict:
+    """When the run ran (status.json of the sweep: start and seconds) and on what (results.json "host")."""
+    start = end = None
+    try:
+        with open(os.path.join(folder, "status.json")) as f:
+            status = json.load(f)
+        start = time.mktime(time.strptime(status["started"], "%Y-%m-%d %H:%M:%S"))
+        end = start + float(status["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    host = r.get("host") or {}
+    return {"started_s": start, "ended_s": end, "boot_id": host.get("boot_id"),
+            "torch_threads": host.get("torch_threads"), "cpu_share": host.get("cpu_share")}
+
+
+def mark_shared_load(rows: list[dict]) -> None:
+    """``shared_load``: the run shared the CPU with other work, so its time is not comparable with a run that did
+    not: another run of the same folder overlapped it (status.json times) for more than ``SHARED`` of its duration, or
+    its recorded CPU share per thread was below ``LOW_CPU_SHARE``."""
+    spans = [(r["started_s"], r["ended_s"]) for r in rows if r["started_s"] is not None and r["ended_s"] is not None]
+    for r in rows:
+        share = r["cpu_share"]
+        r["shared_load"] = share is not None and share < LOW_CPU_SHARE
+        start, end = r["started_s"], r["ended_s"]
+        if start is None or end is None or end <= start:
+            continue
+        overlap = sum(max(0.0, min(end, b) - max(start, a)) for a, b in spans) - (end - start)  # minus itself
+        r["shared_load"] = r["shared_load"] or overlap > SHARED * (end - start)
+
+
+def comparable_times(a: dict, b: dict) -> bool:
+    """Whether the train times of runs ``a`` and ``b`` were measured under the same conditions: neither shared the
+    CPU, both on the same machine (the same boot, or for runs without a host record, started within
+    ``SAME_MACHINE_S`` of each other), with the same number of threads where recorded."""
+    if a["shared_load"] or b["shared_load"] or not (a["train_time_s"] and b["train_time_s"]):
+        return False
+    if a["torch_threads"] and b["torch_threads"] and a["torch_threads"] != b["torch_threads"]:
+        return False
+    if a["boot_id"] and b["boot_id"]:
+        return a["boot_id"] == b["boot_id"]
+    if a["started_s"] is None or b["started_s"] is None:
+        return False
+    return abs(a["started_s"] - b["started_s"]) <= SAME_MACHINE_S
 
 
 def _lr_find_columns(r: dict) -> dict:
@@ -376,15 +449,15 @@ def paired_difference(values: dict[int, float], base: dict[int, float]) -> dict 
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(diffs)}
 
 
-def time_ratio(times: dict[int, float | None], base_times: dict[int, float | None]) -> float:
-    """The median over seeds of (train time / the baseline's train time of the same seed), nan if no seed pairs.
-
-    Seed-paired because the sweep runs seed-major: the runs of one seed ran close together in time, so the ratio
-    stays meaningful when the machine is faster or slower on another day than the runs of another seed.
-    """
-    ratios = [times[s] / base_times[s] for s in sorted(set(times) & set(base_times))
-              if times[s] is not None and base_times[s]]
-    return statistics.median(ratios) if ratios else math.nan
+def time_ratio(runs: dict[int, dict], base_runs: dict[int, dict]) -> tuple[float, int, int]:
+    """The median over seeds of (train time / the baseline's train time of the same seed), over the seed pairs whose
+    times are comparable (:func:`comparable_times`: same machine, neither sharing the CPU); with the number of such
+    pairs and of all pairs. nan when no pair is comparable: a ratio of times measured under different load or on
+    another machine would state a speed that is an artifact."""
+    pairs = sorted(set(runs) & set(base_runs))
+    ratios = [runs[s]["train_time_s"] / base_runs[s]["train_time_s"] for s in pairs
+              if comparable_times(runs[s], base_runs[s])]
+    return (statistics.median(ratios) if ratios else math.nan), len(ratios), len(pairs)
 
 
 def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
@@ -403,13 +476,14 @@ def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
         base = scores(groups.get((task, BASELINE), {}))
         v = list(values.values()) or [math.nan]
         times = [r["train_time_s"] for r in runs.values() if r["train_time_s"] is not None]
+        ratio, comparable, pairs = time_ratio(runs, groups.get((task, BASELINE), {}))
         out.append({
             "task": task, "cell": cell, "metric": next(iter(runs.values()))["metric"], "n": len(values),
             "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
             "median": statistics.median(v), "max": max(v), "failed": sum(r["failed"] for r in runs.values()),
             "train_time_s": statistics.median(times) if times else math.nan,  # robust to a run slowed by others
-            "time_ratio": time_ratio({s: r["train_time_s"] for s, r in runs.items()},
-                                     {s: r["train_time_s"] for s, r in groups.get((task, BASELINE), {}).items()}),
+            "time_ratio": ratio, "time_pairs": (comparable, pairs),
+            "shared_load": sum(bool(r["shared_load"]) for r in runs.values()),
             "diff": None if cell == BASELINE else paired_difference(values, base),
             "vs": {ref: None if cell == ref else paired_difference(values, scores(groups.get((task, ref), {})))
                    for ref in compare_to},
@@ -458,8 +532,14 @@ def all_tasks_time_ratio(summary: list[dict], cell: str) -> float:
     return sum(ratio[t] * base[t] for t in base) / sum(base.values())
 
 
-def _ratio_text(ratio: float) -> str:
-    return "—" if math.isnan(ratio) else f"{ratio:.2f}"
+def _ratio_text(ratio: float, comparable: int = 0, pairs: int = 0) -> str:
+    if math.isnan(ratio):
+        return "—"
+    return f"{ratio:.2f}" + (f" ({comparable} of {pairs})" if comparable < pairs else "")
+
+
+def _time_text(seconds: float, shared: int) -> str:
+    return "—" if math.isnan(seconds) else _duration(seconds) + (" †" if shared else "")
 
 
 def _diff_text(d: dict | None) -> str:
@@ -475,10 +555,13 @@ def crashed_cells(out: str) -> list[str]:
     crashed = []
     for root, _, files in os.walk(out):
         if "status.json" in files and "results.json" not in files:
-            with open(os.path.join(root, "status.json")) as f:
-                status = json.load(f)
-            if status.get("status") == "failed":
-                crashed.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
+            try:
+                with open(os.path.join(root, "status.json")) as f:
+                    status = json.load(f)
+                if status.get("status") == "failed":
+                    crashed.append(f"{status['task']}/{status['cell']}/seed{status['seed']}")
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                crashed.append(f"{os.path.relpath(root, out)} (damaged status.json)")
     return sorted(crashed)
 
 
@@ -503,9 +586,13 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
              "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
              "order and head initialisation) with its 95% t confidence interval. A run *fails* when its main metric "
              "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
-             "the statistics. `train time` is the median wall-clock training time over the seeds; `time vs baseline` "
-             "the median over seeds of its ratio to the baseline's time with the same seed (runs of one seed ran "
-             "close together, so the ratio holds when the machine's speed changed between seeds)."
+             "the statistics. `train time` is the median wall-clock training time over the seeds, marked † when "
+             "some of those runs shared the CPU with other work (another run of this folder overlapped it, or the run "
+             "recorded a CPU share per thread below 0.8): such a time says how long the run took, not how fast the "
+             "cell is. `time vs baseline` is the median over seeds of its ratio to the baseline's time with the same "
+             "seed, over the seed pairs measured under the same conditions only (same machine: the same boot, or for "
+             "runs without that record, started within 12 hours of each other; neither sharing the CPU), with "
+             "\"(k of n)\" when only k of the n pairs qualify, and — when none does."
              + (f" `diff to X` columns pair seeds with cell X the same way (here: {', '.join(compare_to)})."
                 if compare_to else ""), ""]
     for task in tasks:
@@ -518,8 +605,8 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
             lines.append(f"| {s['cell']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
                          f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {_diff_text(s['diff'])} | "
                          + "".join(f"{_diff_text(s['vs'].get(ref))} | " for ref in compare_to) +
-                         f"{_duration(s['train_time_s']) if not math.isnan(s['train_time_s']) else '—'} | "
-                         f"{_ratio_text(s['time_ratio'])} |")
+                         f"{_time_text(s['train_time_s'], s['shared_load'])} | "
+                         f"{_ratio_text(s['time_ratio'], *s['time_pairs'])} |")
         lines.append("")
     avg = glue_average(summary)
     if avg:
@@ -533,12 +620,14 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
                   "`train time, all tasks` is "
                   "the sum of the task rows' median train times; `time vs baseline` the mean of the task rows' `time vs "
                   "baseline` weighted by the baseline's median train time per task (the time for all tasks, as a "
-                  "fraction of the baseline's, from per-task ratios that are robust to one slowed run).", "",
+                  "fraction of the baseline's, from per-task ratios that are robust to one slowed run; — when a "
+                  "task has no comparable pair).", "",
                   f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] "
                   f"|{vs_header} train time, all tasks | time vs baseline |",
                   "|---|" + "---:|" * (len(tasks) + 2) + "---|" * (1 + len(compare_to)) + "---:|---:|"]
         means = {(s["task"], s["cell"]): s["mean"] for s in summary}
         times = {(s["task"], s["cell"]): s["train_time_s"] for s in summary}
+        shared = {(s["task"], s["cell"]): s["shared_load"] for s in summary}
         for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
             cols = " | ".join(f"{100 * means[(t, cell)]:.2f}" for t in tasks)
             mine = per_seed.get(cell, {})
@@ -547,7 +636,7 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
             vs = "".join(f"{_diff_text(None if cell == ref else paired_difference(mine, per_seed.get(ref, {})))} | "
                          for ref in compare_to)
             lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} | {vs}"
-                         f"{_duration(total) if not math.isnan(total) else '—'} | "
+                         f"{_time_text(total, sum(shared[(t, cell)] for t in tasks))} | "
                          f"{_ratio_text(all_tasks_time_ratio(summary, cell))} |")
         lines.append("")
     lines += lr_find_lines(rows)
@@ -607,16 +696,23 @@ def plot(rows: list[dict], path: str) -> None:
 
 def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
     """summary.csv and summary.md of the runs under `out`, written into `dest`; returns (rows, summary)."""
-    rows = collect(out)
+    if not os.path.isdir(out):
+        raise UsageError(f"{out}: no such folder (pass the --out folder of a sweep)")
+    damaged: list[str] = []
+    rows = collect(out, damaged)
     if not rows:
-        raise UsageError(f"no runs (task/cell/seedK/results.json) under {out}")
+        raise UsageError(f"no runs (task/cell/seedK/results.json) under {out}"
+                         + (f"; damaged: {', '.join(damaged[:4])}" if damaged else ""))
     unknown = sorted(set(compare_to) - {r["cell"] for r in rows})
     if unknown:
         raise UsageError(f"--compare_to {', '.join(unknown)}: no such cell under {out}; "
                          f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
     summary = summarize(rows, compare_to)
     write_csv(rows, os.path.join(dest, "summary.csv"))
-    write_markdown(summary, rows, os.path.join(dest, "summary.md"), compare_to, crashed_cells(out))
+    crashed = sorted(crashed_cells(out) + damaged)
+    for run in damaged:
+        print(f"warning: {run}: left out of the report", file=sys.stderr)
+    write_markdown(summary, rows, os.path.join(dest, "summary.md"), compare_to, crashed)
     return rows, summary
 
 
@@ -638,9 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         at = argv.index("--")
         argv, forwarded = argv[:at], argv[at + 1:]
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run the sweep (resumable)")
+    run = sub.add_parser("run", help="run the sweep (resumable)", allow_abbrev=False)
     run.add_argument("--tasks", required=True, help="comma-separated GLUE tasks")
     run.add_argument("--presets", default="", help="comma-separated presets, one cell each")
     run.add_argument("--cell", action="append", help='NAME="glue.py options" (repeatable)')
@@ -648,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", default="1-3", help="e.g. 1-5 or 1,2,7")
     run.add_argument("--out", required=True)
     run.add_argument("--launcher", default=None, help='e.g. "accelerate launch --num_processes 1"')
-    rep = sub.add_parser("report", help="summary.csv / summary.md / summary.png of a sweep folder")
+    rep = sub.add_parser("report", help="summary.csv / summary.md / summary.png of a sweep folder", allow_abbrev=False)
     rep.add_argument("out")
     rep.add_argument("--compare_to", action="append", default=[],
                      help="also give seed-paired differences to this cell (repeatable), e.g. a uniform-LR control")

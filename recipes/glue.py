@@ -50,15 +50,16 @@ from hf_layerwise.feature_cache import FrozenFeatureCache, add_cache_rows  # noq
 from hf_layerwise.optimizer import inner_optimizer, param_group_mismatch  # noqa: E402
 from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
-from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
+from hf_layerwise.glue.arguments import METRIC_SCHEDULERS, RecipeArguments, parse_args  # noqa: E402
 from hf_layerwise.glue.auto_lr import (LR_FIND_JSON, LRChoice, choose_learning_rate, provisional_lr,  # noqa: E402
                                        regroup, wants_search, write_lr_find)
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
-from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, feature_cache, load_data,  # noqa: E402
-                                      load_model, load_tokenizer, loss_class_weights, model_config,
-                                      open_output_dir, pad_multiple, results_record)
-from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
-                                       stop_with_sweep, write_json_atomic)
+from hf_layerwise.glue.recipe import (check_environment, check_resume, dataloader_workers,  # noqa: E402
+                                      feature_cache, load_data, load_model, load_tokenizer, loss_class_weights,
+                                      host_record, model_config, open_output_dir, pad_multiple, results_record,
+                                      run_files, save_final_model, warn_idle_checkpointing)
+from hf_layerwise.glue.run_dir import (RUN_CONFIG, RunFolder, claim_output_dir, stop_with_sweep,  # noqa: E402
+                                       write_json_atomic)
 from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
 
 logger = logging.getLogger("glue")
@@ -133,7 +134,13 @@ class Run:
     progress: TrainProgress = field(default_factory=TrainProgress)
     running_loss: torch.Tensor | None = None
     segment_start: float = 0.0  # perf_counter at the start of this process's training
+    segment_cpu_start: float = 0.0  # process_time then (the CPU share of this segment goes into results.json)
     segment_base: float = 0.0  # training time of earlier (resumed) segments
+
+    @property
+    def metric_scheduler(self) -> bool:
+        """The scheduler steps on the dev metric after each evaluation, not after each optimizer step."""
+        return self.args.train.lr_scheduler_type in METRIC_SCHEDULERS
 
     def elapsed(self) -> float:
         return self.segment_base + time.perf_counter() - self.segment_start
@@ -145,12 +152,13 @@ def main(argv: list[str] | None = None) -> dict:
     stop_with_sweep()  # started by recipes/ablate.py: end with it
     task = get_task(args.data.task_name)
     check_environment(args, cuda=torch.cuda.is_available() and not args.train.cpu)
-    checkpoint, settings = open_output_dir(args, kind="accelerate")  # not another run's; the checkpoint checked
+    checkpoint, settings, seen = open_output_dir(args, kind="accelerate")  # not another run's; checkpoint checked
     config = model_config(args)  # folder, positions, head size: before any weights are read
 
     # -- data ----------------------------------------------------------------------------------------------------------
     raw = load_data(args)  # every label checked, sample limits applied
-    tokenizer = load_tokenizer(args)
+    check_resume(checkpoint, settings, raw)  # a checkpoint is continued only with its settings and data
+    tokenizer = load_tokenizer(args, config)
     accelerator = make_accelerator(args)
     set_seed(args.train.seed)  # before the model: the same seed gives the same head init and data order
     train_loader, eval_loaders = make_dataloaders(args, task, raw, tokenizer, accelerator)
@@ -160,29 +168,31 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer, unfreezer = make_optimizer(args, model, accelerator)  # the config checked against the model
     run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders,
                    loss_class_weights(args, raw), settings, checkpoint)  # prepared; LR range test if asked for
-    claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
-                     is_main_process=accelerator.is_main_process)  # from here on the folder is this run's
-    open_logs(run)
+    # from here on the folder is this run's; a run it replaces comes back if this one fails before a checkpoint
+    with claim_output_dir(args.train.output_dir, run_files(args, "accelerate"), seen,
+                          overwrite=args.train.overwrite_output_dir, resume=checkpoint is not None,
+                          program="recipes/glue.py", is_main_process=accelerator.is_main_process) as folder:
+        open_logs(run)
 
-    # -- resume --------------------------------------------------------------------------------------------------------
-    resume(run, checkpoint)
+        # -- resume ----------------------------------------------------------------------------------------------------
+        resume(run, checkpoint)
 
-    # -- epochs (with --cache_frozen, after one pass through the frozen bottom) ------------------------------------
-    log_start(run)
-    build_cache(run)
-    for epoch in range(run.progress.epoch, run.plan.num_epochs):
-        train_epoch(run, epoch)
-        last = epoch == run.plan.num_epochs - 1 or run.progress.completed_steps >= run.plan.max_train_steps
-        if args.train.eval_every_epoch or last:
-            evaluate_epoch(run, epoch)
-        run.progress.epoch, run.progress.batches_in_epoch = epoch + 1, 0
-        if args.train.checkpointing_steps == "epoch":
-            save_checkpoint(run)
-        if last or early_stop(run):
-            break
+        # -- epochs (with --cache_frozen, after one pass through the frozen bottom) --------------------------------
+        log_start(run)
+        build_cache(run)
+        for epoch in range(run.progress.epoch, run.plan.num_epochs):
+            train_epoch(run, epoch)
+            last = epoch == run.plan.num_epochs - 1 or run.progress.completed_steps >= run.plan.max_train_steps
+            if args.train.eval_every_epoch or last:
+                evaluate_epoch(run, epoch)
+            run.progress.epoch, run.progress.batches_in_epoch = epoch + 1, 0
+            if args.train.checkpointing_steps == "epoch":
+                save_checkpoint(run)
+            if last or early_stop(run):
+                break
 
-    # -- results -------------------------------------------------------------------------------------------------------
-    return finish(run, raw, tokenizer)
+        # -- results ---------------------------------------------------------------------------------------------------
+        return finish(run, raw, tokenizer, folder)
 
 
 # ---------------------------------------------------------------------------------------------------- set-up steps
@@ -269,8 +279,10 @@ def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, mo
                                          checkpoint)
     # the scheduler is stepped once per optimizer step by the loop, not through accelerate (which would step it
     # once per process), so the schedule is the same for 1 and N processes
+    warn_idle_checkpointing(args, max_train_steps)
     scheduler = get_scheduler(train.lr_scheduler_type, raw_optimizer, num_training_steps=max_train_steps,
-                              num_warmup_steps=math.ceil(train.warmup_ratio * max_train_steps))
+                              num_warmup_steps=math.ceil(train.warmup_ratio * max_train_steps),
+                              scheduler_specific_kwargs=train.scheduler_kwargs)
     accelerator.register_for_checkpointing(scheduler)
     unfreezer.attach_distributed()  # blocks unfrozen after DDP wrapped the model get their gradients averaged
     return Run(args=args, task=task, accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -369,7 +381,7 @@ def log_start(run: Run) -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     run.model.train()
-    run.segment_start = time.perf_counter()
+    run.segment_start, run.segment_cpu_start = time.perf_counter(), time.process_time()
 
 
 def build_cache(run: Run) -> None:
@@ -455,7 +467,7 @@ def train_step(run: Run, batch: dict[str, torch.Tensor], epoch: int) -> bool:
             if monitor is not None:
                 monitor.before_optimizer_step()
         run.optimizer.step()
-        if synced:
+        if synced and not run.metric_scheduler:
             run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
     progress.batches_in_epoch += 1
@@ -557,6 +569,8 @@ def evaluate_epoch(run: Run, epoch: int) -> None:
     progress.eval_time_s += time.perf_counter() - started
     progress.history.append({"epoch": epoch + 1, "step": progress.completed_steps, **metrics})
     logger.info("epoch %d: %s", epoch + 1, metrics)
+    if run.metric_scheduler:  # reduce_lr_on_plateau, greedy: the LR follows the main dev metric
+        run.scheduler.step(metrics[main])
     if train.report_to != "none":
         run.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=progress.completed_steps)
     if progress.best is None or metrics[main] > progress.best["metrics"][main]:
@@ -588,13 +602,12 @@ def save_model(run: Run, target: str, tokenizer: Any = None) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- results
-def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any) -> dict:
-    """results.json (the best evaluation with early stopping, else the last), the model if asked for."""
+def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any, folder: RunFolder) -> dict:
+    """results.json (the best evaluation with early stopping, else the last) first, then what is optional: the
+    monitor's final histograms, the model if asked for. A run it replaced is deleted once results.json is written;
+    a failing model save ends the run with exit code 1 but leaves the results."""
     acc, progress, train = run.accelerator, run.progress, run.args.train
     train_time = run.elapsed()
-    if run.monitor is not None:
-        run.monitor.final_histograms(progress.completed_steps)
-        run.monitor.close()
     if train.early_stopping_patience is not None:
         metrics = progress.best["metrics"]
     else:
@@ -605,16 +618,21 @@ def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any) -> dict:
         eval_time_s=progress.eval_time_s, checkpoint_time_s=progress.checkpoint_time_s,
         trained_samples=progress.trained_samples, trainable_params=run.unfreezer.trainable_parameters,
         resumed_from=progress.resumed_from, feature_cache=None if run.cache is None else run.cache.stats(),
-        lr_find=None if run.lr_choice is None else run.lr_choice.record())
-    if run.cache is not None:
-        run.cache.close()  # the model computes its frozen blocks again (for --save_model); a spilled file is deleted
-    if train.save_model:
-        save_model(run, os.path.join(train.output_dir, "model"), tokenizer)
+        lr_find=None if run.lr_choice is None else run.lr_choice.record(),
+        host=host_record(time.process_time() - run.segment_cpu_start, time.perf_counter() - run.segment_start))
     if acc.is_main_process:
         write_json_atomic(os.path.join(train.output_dir, "results.json"), results)
         logger.info("results: %s -> %s", metrics, os.path.join(train.output_dir, "results.json"))
+    folder.commit()
+    if run.monitor is not None:
+        run.monitor.final_histograms(progress.completed_steps)
+        run.monitor.close()
+    if run.cache is not None:
+        run.cache.close()  # the model computes its frozen blocks again (for --save_model); a spilled file is deleted
+    if train.save_model:
+        target = os.path.join(train.output_dir, "model")
+        save_final_model(lambda: save_model(run, target, tokenizer), target)
     acc.end_training()  # also ends the process group
-    release_output_dir(train.output_dir)
     return results
 
 

@@ -14,6 +14,7 @@ each epoch, so it refuses ``--checkpointing_steps N``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -31,14 +32,14 @@ from hf_layerwise import (HealthCallback, HealthConfig, LayerwiseCallback, Layer
 from hf_layerwise.errors import UsageError, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.feature_cache import CACHE_ROW, FrozenFeatureCache, add_cache_rows  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
-from hf_layerwise.glue.arguments import RecipeArguments, parse_args  # noqa: E402
+from hf_layerwise.glue.arguments import METRIC_SCHEDULERS, RecipeArguments, parse_args  # noqa: E402
 from hf_layerwise.glue.auto_lr import LR_FIND_JSON, LRChoice, choose_learning_rate, wants_search, write_lr_find  # noqa: E402
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
-from hf_layerwise.glue.recipe import (check_environment, dataloader_workers, feature_cache, load_data,  # noqa: E402
-                                      load_model, load_tokenizer, loss_class_weights, model_config,
-                                      open_output_dir, pad_multiple, results_record)
-from hf_layerwise.glue.run_dir import (RUN_CONFIG, claim_output_dir, release_output_dir,  # noqa: E402
-                                       stop_with_sweep, write_json_atomic)
+from hf_layerwise.glue.recipe import (check_environment, check_resume, dataloader_workers,  # noqa: E402
+                                      feature_cache, host_record, load_data, load_model, load_tokenizer,
+                                      loss_class_weights, model_config, open_output_dir, pad_multiple,
+                                      results_record, run_files, save_final_model, warn_idle_checkpointing)
+from hf_layerwise.glue.run_dir import RUN_CONFIG, claim_output_dir, stop_with_sweep, write_json_atomic  # noqa: E402
 from hf_layerwise.monitor import NonFiniteError, check_finite_parameters  # noqa: E402
 
 ELAPSED = "recipe_progress.json"  # training time and resumes before this checkpoint (the Trainer keeps neither)
@@ -124,12 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.train.early_stopping_patience is not None and args.train.checkpoint_every:
         raise UsageError("--early_stopping_patience in the Trainer recipe keeps the best model through a checkpoint "
                          "after every evaluation (every epoch): use --checkpointing_steps epoch or leave it unset")
-    checkpoint, settings = open_output_dir(args, kind="trainer")
+    checkpoint, settings, seen = open_output_dir(args, kind="trainer")
     config = model_config(args)
 
     # -- data and model ------------------------------------------------------------------------------------------------
     raw = load_data(args)
-    tokenizer = load_tokenizer(args)
+    check_resume(checkpoint, settings, raw)  # a checkpoint is continued only with its settings and data
+    tokenizer = load_tokenizer(args, config)
     transformers.set_seed(args.train.seed)
     model = load_model(args, config, raw["train"]["label"])
     with usage_errors("layer-wise options"):  # before the Trainer, which creates the output folder
@@ -144,43 +146,57 @@ def main(argv: list[str] | None = None) -> dict:
     # -- trainer (layer-wise optimizer through LayerwiseTrainer), resume, train -------------------------------------
     earlier = _earlier_segments(checkpoint)
     start = time.perf_counter()
-    trainer, metric, checkpoints = make_trainer(args, task, model, tokenizer, tokenized, loss_class_weights(args, raw), settings,
-                                   elapsed=lambda: earlier["train_time_s"] + time.perf_counter() - start,
-                                   earlier=earlier)
-    claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
-                     is_main_process=trainer.is_world_process_zero())  # every input checked: the folder is this run's
-    if lr_choice is not None and trainer.is_world_process_zero():
-        write_lr_find(args.train.output_dir, lr_choice)
-    build_cache(trainer, tokenized, task)  # --cache_frozen: one pass through the frozen bottom, inside the timing
-    trainer.train(resume_from_checkpoint=checkpoint)
-    train_time = earlier["train_time_s"] + time.perf_counter() - start
-    eval_time = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)  # evaluations while training
+    trainer, metric, checkpoints = make_trainer(args, task, model, tokenizer, tokenized, loss_class_weights(args, raw),
+                                                settings, earlier=earlier,
+                                                elapsed=lambda: earlier["train_time_s"] + time.perf_counter() - start)
+    train = args.train
+    batches = math.ceil(raw["train"].num_rows / (train.per_device_train_batch_size * trainer.args.world_size))
+    per_epoch = max(1, math.ceil(batches / train.gradient_accumulation_steps))
+    warn_idle_checkpointing(args, train.max_train_steps or math.ceil(train.num_train_epochs * per_epoch))
+    # every input checked: the folder is this run's; a run it replaces comes back if this one fails before a checkpoint
+    with claim_output_dir(train.output_dir, run_files(args, "trainer"), seen, overwrite=train.overwrite_output_dir,
+                          resume=checkpoint is not None, program="recipes/glue_trainer.py",
+                          is_main_process=trainer.is_world_process_zero()) as folder:
+        if lr_choice is not None and trainer.is_world_process_zero():
+            write_lr_find(args.train.output_dir, lr_choice)
+        cpu_start = time.process_time()
+        segment = time.perf_counter()
+        build_cache(trainer, tokenized, task)  # --cache_frozen: one pass through the frozen bottom, inside the timing
+        trainer.train(resume_from_checkpoint=checkpoint)
+        train_time = earlier["train_time_s"] + time.perf_counter() - start
+        host = host_record(time.process_time() - cpu_start, time.perf_counter() - segment)
+        eval_time = sum(h.get("eval_runtime", 0.0) for h in trainer.state.log_history)  # evaluations while training
 
-    # -- results -------------------------------------------------------------------------------------------------------
-    metrics = {}
-    for split in task.eval_splits:  # the final model (the best one with early stopping: load_best_model_at_end)
-        result = trainer.evaluate(tokenized[split].remove_columns("idx"), metric_key_prefix="eval")
-        metrics.update(_metrics(result, "_mm" if split == "validation_mismatched" else ""))
-    results = results_record(
-        args, raw, metric, metrics=metrics, history=_history(trainer.state.log_history),
-        log_history=[h for h in trainer.state.log_history if "loss" in h], num_processes=trainer.args.world_size,
-        completed_steps=trainer.state.global_step, train_time_s=train_time, eval_time_s=eval_time,
-        checkpoint_time_s=checkpoints.checkpoint_time_s,
-        trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
-        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        resumed_from=earlier["resumed_from"],
-        feature_cache=None if trainer.feature_cache is None else trainer.feature_cache.stats(),
-        lr_find=None if lr_choice is None else lr_choice.record())
-    if trainer.feature_cache is not None:
-        trainer.feature_cache.close()  # the model computes its frozen blocks again (for --save_model)
-    if args.train.save_model:
-        check_finite_parameters(trainer.model, trainer.state.global_step)
-        trainer.save_model(os.path.join(args.train.output_dir, "model"))
-    if trainer.is_world_process_zero():
-        write_json_atomic(os.path.join(args.train.output_dir, "results.json"), results)
-        print(f"results: {metrics} -> {os.path.join(args.train.output_dir, 'results.json')}")
-    trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
-    release_output_dir(args.train.output_dir)
+        # -- results first, then the model ---------------------------------------------------------------------------
+        metrics = {}
+        for split in task.eval_splits:  # the final model (the best one with early stopping: load_best_model_at_end)
+            result = trainer.evaluate(tokenized[split].remove_columns("idx"), metric_key_prefix="eval")
+            metrics.update(_metrics(result, "_mm" if split == "validation_mismatched" else ""))
+        results = results_record(
+            args, raw, metric, metrics=metrics, history=_history(trainer.state.log_history),
+            log_history=[h for h in trainer.state.log_history if "loss" in h], num_processes=trainer.args.world_size,
+            completed_steps=trainer.state.global_step, train_time_s=train_time, eval_time_s=eval_time,
+            checkpoint_time_s=checkpoints.checkpoint_time_s,
+            trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
+            trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            resumed_from=earlier["resumed_from"],
+            feature_cache=None if trainer.feature_cache is None else trainer.feature_cache.stats(),
+            lr_find=None if lr_choice is None else lr_choice.record(), host=host)
+        if trainer.is_world_process_zero():
+            write_json_atomic(os.path.join(args.train.output_dir, "results.json"), results)
+            print(f"results: {metrics} -> {os.path.join(args.train.output_dir, 'results.json')}")
+        folder.commit()
+        if trainer.feature_cache is not None:
+            trainer.feature_cache.close()  # the model computes its frozen blocks again (for --save_model)
+        if args.train.save_model:
+            target = os.path.join(args.train.output_dir, "model")
+
+            def save() -> None:
+                check_finite_parameters(trainer.model, trainer.state.global_step)
+                trainer.save_model(target)
+
+            save_final_model(save, target)
+        trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
     return results
 
 
@@ -233,17 +249,20 @@ def make_trainer(args: RecipeArguments, task: GlueTask, model: torch.nn.Module, 
     cuda = torch.cuda.is_available() and not train.cpu
     workers, pin = dataloader_workers(args, cuda)
     best_metric = task.main_metric if len(task.eval_splits) == 1 else f"{main_split}_{task.main_metric}"
+    metric_scheduler = train.lr_scheduler_type in METRIC_SCHEDULERS  # stepped with the main dev metric
     with usage_errors("TrainingArguments"):
         training_args = TrainingArguments(
             output_dir=train.output_dir, per_device_train_batch_size=train.per_device_train_batch_size,
             per_device_eval_batch_size=train.per_device_eval_batch_size, learning_rate=train.learning_rate,
             num_train_epochs=train.num_train_epochs, max_steps=train.max_train_steps or -1,
             warmup_steps=train.warmup_ratio, lr_scheduler_type=train.lr_scheduler_type,
+            lr_scheduler_kwargs=train.scheduler_kwargs,
             gradient_accumulation_steps=train.gradient_accumulation_steps, seed=train.seed, use_cpu=not cuda,
             bf16=train.mixed_precision == "bf16", fp16=train.mixed_precision == "fp16",
             logging_steps=train.logging_steps, eval_strategy=eval_strategy, save_strategy=save_strategy,
             save_steps=train.checkpoint_every or 500, report_to=[] if train.report_to == "none" else [train.report_to],
-            load_best_model_at_end=early, metric_for_best_model=best_metric if early else None,
+            load_best_model_at_end=early, greater_is_better=True if early or metric_scheduler else None,
+            metric_for_best_model=best_metric if early or metric_scheduler else None,  # also what the LR follows
             disable_tqdm=False, dataloader_num_workers=workers, dataloader_pin_memory=pin,
             dataloader_persistent_workers=workers > 0, optim="adamw_torch_fused" if cuda else "adamw_torch",
             torch_compile=train.torch_compile,  # a backend given to TrainingArguments turns compiling on by itself

@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import warnings
+from typing import Any
 
 import torch
 
@@ -33,15 +34,22 @@ from hf_layerwise.glue.arguments import parse_args  # noqa: E402
 from hf_layerwise.glue.auto_lr import LRChoice, choose_learning_rate, write_lr_find  # noqa: E402
 from hf_layerwise.glue.recipe import (check_environment, load_data, load_model, load_tokenizer,  # noqa: E402
                                       model_config)
-from hf_layerwise.glue.run_dir import check_output_dir, claim_output_dir, release_output_dir  # noqa: E402
+from hf_layerwise.glue.run_dir import RunFiles, check_output_dir, claim_output_dir  # noqa: E402
 from hf_layerwise.lr_finder import scan_multiplier  # noqa: E402
 
 TARGETS = ("top", "head", "depths")
+FILES = RunFiles({"lr_find.json": "the range tests", "lr_find.png": "the range tests' curves"})
+# options of the GLUE recipes that only training reads (with their defaults): given here they would do nothing
+TRAINING_ONLY = {"resume_from_checkpoint": None, "save_model": False, "monitor": False, "early_stopping_patience": None,
+                 "checkpointing_steps": None, "report_to": "none", "eval_every_epoch": True, "warmup_ratio": None,
+                 "lr_scheduler_type": "linear", "lr_scheduler_kwargs": None, "class_weights": None,
+                 "lr_find_fallback": None, "max_train_steps": None, "torch_compile": False, "num_train_epochs": 3.0,
+                 "per_device_eval_batch_size": 64, "logging_steps": 10}
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     """``--scan`` is this script's own; the rest are the GLUE recipe's flags (``--learning_rate auto`` by default)."""
-    own = argparse.ArgumentParser(add_help=False)
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     own.add_argument("--scan", default="top")
     known, rest = own.parse_known_args(argv)
     targets = [t.strip() for t in known.scan.split(",") if t.strip()]
@@ -54,19 +62,35 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return targets, rest
 
 
-def main(argv: list[str] | None = None) -> dict:
-    targets, rest = split_argv(list(sys.argv[1:] if argv is None else argv))
-    args = parse_args(rest)
+def check_options(args: Any, targets: list[str]) -> None:
+    """Refuse what this script would not do: options that only training reads, and nothing to test."""
+    for name, default in TRAINING_ONLY.items():
+        value = getattr(args.train, name)
+        if value != default and not (name == "warmup_ratio" and value in (0.0, 0.1)):  # the parser's default
+            raise UsageError(f"--{name} {value}: recipes/lr_find.py runs range tests and does not train, so it does "
+                             "nothing here; drop it (it belongs to recipes/glue.py)")
+    if args.layerwise.cache_frozen:
+        raise UsageError("--cache_frozen: recipes/lr_find.py runs the range tests on the whole model, so it does "
+                         "nothing here; drop it")
+    if args.train.learning_rate != "auto" and not targets:
+        raise UsageError(f"--learning_rate {args.train.learning_rate} with --scan '': nothing to test; leave "
+                         "--learning_rate out (or pass auto) to test the base LR, or name --scan targets")
     if "top" in targets and not args.layerwise.top_k:
         raise UsageError("--scan top: top_k is 0; pass --top_k N (or a preset with top blocks), or leave 'top' out")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    targets, rest = split_argv(list(sys.argv[1:] if argv is None else argv))
+    args = parse_args(rest, range_tests=True)
+    check_options(args, targets)
     task = get_task(args.data.task_name)
     check_environment(args, cuda=torch.cuda.is_available() and not args.train.cpu)
-    check_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir)
+    seen = check_output_dir(args.train.output_dir, FILES, overwrite=args.train.overwrite_output_dir, resumable=False)
     config = model_config(args)
 
     # -- data, model and the layer-wise optimizer, prepared as recipes/glue.py prepares them ---------------------------
     raw = load_data(args)
-    tokenizer = load_tokenizer(args)
+    tokenizer = load_tokenizer(args, config)
     accelerator = make_accelerator(args)
     from accelerate.utils import set_seed
 
@@ -78,11 +102,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError(f"recipes/lr_find.py under {accelerator.distributed_type}: the range test restores the model "
                          "from a full copy, which sharded training does not keep; use DDP or one process")
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    claim_output_dir(args.train.output_dir, overwrite=args.train.overwrite_output_dir,
-                     is_main_process=accelerator.is_main_process)
+    with claim_output_dir(args.train.output_dir, FILES, seen, overwrite=args.train.overwrite_output_dir,
+                          program="recipes/lr_find.py", is_main_process=accelerator.is_main_process) as folder:
+        choice = range_tests(args, targets, accelerator, model, optimizer, train_loader, unfreezer.layers)
+        if accelerator.is_main_process:
+            write_lr_find(args.train.output_dir, choice)
+            print(table(choice))
+            print(f"-> {os.path.join(args.train.output_dir, 'lr_find.json')} and lr_find.png")
+        folder.commit()
+        accelerator.end_training()
+    return choice.record()
 
-    # -- the range tests -------------------------------------------------------------------------------------------------
-    layers = unfreezer.layers
+
+def range_tests(args: Any, targets: list[str], accelerator: Any, model: Any, optimizer: Any, train_loader: Any,
+                layers: Any) -> LRChoice:
+    """The base-LR test (``--learning_rate auto``), then every ``--scan`` target at the chosen base LR."""
     args.auto_top_multiplier = "top" in targets
     choice = choose_learning_rate(args, model, train_loader, layers, optimizer=optimizer, accelerator=accelerator,
                                   require_valley=False)  # a curve without a valley is reported, not refused
@@ -98,13 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             num_steps=args.train.lr_find_steps, accelerator=accelerator, rule=args.train.lr_find_rule,
             accumulation_steps=args.train.gradient_accumulation_steps))
         choice.time_s = round(choice.time_s + choice.tests[-1].time_s, 2)
-    if accelerator.is_main_process:
-        write_lr_find(args.train.output_dir, choice)
-        print(table(choice))
-        print(f"-> {os.path.join(args.train.output_dir, 'lr_find.json')} and lr_find.png")
-    accelerator.end_training()
-    release_output_dir(args.train.output_dir)
-    return choice.record()
+    return choice
 
 
 def table(choice: LRChoice) -> str:

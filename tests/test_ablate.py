@@ -123,12 +123,15 @@ def test_cells_seeds_and_grid():
         ablate.build_cells(["baseline", "baseline"], [], [])
 
 
-def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0, lr_find=None):
+HOST = {"boot_id": "boot-1", "cpu_count": 2, "torch_threads": 2, "cpu_share": 0.97}  # one quiet machine
+
+
+def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0, lr_find=None, host=HOST):
     folder = out / task / cell / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "results.json").write_text(json.dumps({
         "task": task, "seed": seed, "main_metric": metric, "metrics": {metric: value},
-        "majority_baseline": {metric: majority}, "train_time_s": seconds, "lr_find": lr_find}))
+        "majority_baseline": {metric: majority}, "train_time_s": seconds, "lr_find": lr_find, "host": host}))
 
 
 def test_statistics_against_hand_computed_values(tmp_path):
@@ -229,8 +232,41 @@ def test_time_ratio_is_seed_paired(tmp_path):
     # unpaired medians would say 120 / 60 = 2.0 (slower); paired with seed 3's baseline it is 120 / 180
     assert s["train_time_s"] == 120.0 and s["time_ratio"] == pytest.approx(2 / 3)
     assert summary["baseline"]["time_ratio"] == 1.0
-    assert math.isnan(ablate.time_ratio({1: 10.0}, {2: 10.0}))  # no seed in common
     assert "| 2m00s | 0.67 |" in (tmp_path / "summary.md").read_text()
+
+
+def _timed(seconds, boot="boot-1", threads=2, share=0.97, started=None, ended=None):
+    return {"train_time_s": seconds, "boot_id": boot, "torch_threads": threads, "cpu_share": share,
+            "started_s": started, "ended_s": ended, "shared_load": False}
+
+
+def test_times_are_compared_only_when_measured_under_the_same_load():
+    ratio = ablate.time_ratio
+    assert ratio({1: _timed(30)}, {1: _timed(60)}) == (0.5, 1, 1)
+    assert math.isnan(ratio({1: _timed(10)}, {2: _timed(10)})[0])  # no seed in common
+    assert math.isnan(ratio({1: _timed(30, boot="boot-2")}, {1: _timed(60)})[0])  # another machine (or reboot)
+    assert math.isnan(ratio({1: _timed(30, threads=1)}, {1: _timed(60)})[0])  # other thread count
+    # runs without a host record (older versions): the same machine only when started within 12 hours
+    old = {1: _timed(30, boot=None, started=0.0), 2: _timed(30, boot=None, started=0.0)}
+    base = {1: _timed(60, boot=None, started=3600.0), 2: _timed(60, boot=None, started=2 * 86400.0)}
+    assert ratio(old, base) == (0.5, 1, 2)
+    assert math.isnan(ratio({1: _timed(30, boot=None)}, {1: _timed(60, boot=None)})[0])  # nothing known
+    # shared load: a low CPU share, or two runs of the folder overlapping in time (two chains side by side)
+    rows = [{**_timed(30, share=0.45), "seed": 1}, {**_timed(60, started=0.0, ended=100.0), "seed": 2},
+            {**_timed(60, started=50.0, ended=150.0), "seed": 3}, {**_timed(60, started=200.0, ended=300.0), "seed": 4}]
+    ablate.mark_shared_load(rows)
+    assert [r["shared_load"] for r in rows] == [True, True, True, False]
+
+
+def test_shared_load_times_are_marked_in_the_table(tmp_path):
+    for seed in (1, 2):
+        _fake_run(tmp_path, "rte", "baseline", seed, 0.6, 0.5, seconds=60.0)
+    _fake_run(tmp_path, "rte", "top3x5-freeze", 1, 0.6, 0.5, seconds=120.0, host={**HOST, "cpu_share": 0.4})
+    _fake_run(tmp_path, "rte", "top3x5-freeze", 2, 0.6, 0.5, seconds=30.0)
+    ablate.report(str(tmp_path))
+    md = (tmp_path / "summary.md").read_text()
+    # the median time is marked as measured under shared load; the ratio uses the one comparable seed only
+    assert "| 1m15s † | 0.50 (1 of 2) |" in md
 
 
 def test_crashed_runs_are_listed_under_the_tables(tmp_path):

@@ -44,6 +44,16 @@ def fx(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     AutoModelForSequenceClassification.from_pretrained(model, num_labels=2).save_pretrained(root / "classifier")
+    from transformers import BertTokenizer
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(195)]]
+    for name, pad in (("bigtok", "[PAD]"), ("nopad", None)):
+        (root / name).mkdir()
+        (root / name / "vocab.txt").write_text("\n".join(words[:200 if pad else 20]) + "\n")
+        tok = BertTokenizer(vocab=str(root / name / "vocab.txt"))
+        if pad is None:
+            tok.pad_token = None
+        tok.save_pretrained(root / name)
     shutil.copy(os.path.join(model, "vocab.txt"), root / "classifier")
     base = ["--model_name_or_path", model, "--data_dir", str(root / "data"), "--task_name", "rte",
             "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--max_train_steps", "4",
@@ -162,7 +172,7 @@ CASES = [
     Case("scheduler_unknown", "glue", ["--lr_scheduler_type", "zigzag"], 2, "--lr_scheduler_type 'zigzag'"),
     Case("task_unknown", "glue", ["--task_name", "nope"], 2, "Unknown GLUE task 'nope'"),
     Case("option_unknown", "glue", ["--learning_rte", "1e-3"], 2, "--learning_rte"),
-    Case("seed_negative", "glue", ["--seed", "-1"], 2, "--seed -1: must be >= 0"),
+    Case("seed_negative", "glue", ["--seed", "-1"], 2, "--seed -1: must be in [0, 2**32)"),
     Case("logging_steps_0", "glue", ["--logging_steps", "0"], 2, "--logging_steps 0: must be >= 1"),
     Case("monitor_every_0", "glue", ["--monitor", "--monitor_every", "0"], 2, "--monitor_every 0: must be >= 1"),
     Case("patience_0", "glue", ["--early_stopping_patience", "0"], 2, "--early_stopping_patience 0"),
@@ -318,6 +328,80 @@ CASES = [
          setup=_empty_folder("empty")),
     Case("ablate_report_unknown_control", "ablate", ["report", "{root}/study", "--compare_to", "uniform"], 2,
          "--compare_to uniform: no such cell", base=False),
+    # -- options that would do nothing, schedulers and their arguments (issue 25) ------------------------------------
+    Case("cache_max_gb_without_cache", "glue", ["--cache_max_gb", "1"], 2,
+         "--cache_max_gb 1.0 applies only with --cache_frozen"),
+    Case("cache_dtype_without_cache", "trainer", ["--cache_dtype", "bfloat16"], 2,
+         "--cache_dtype bfloat16 applies only with --cache_frozen"),
+    Case("lr_find_steps_without_auto", "glue", ["--lr_find_steps", "50"], 2,
+         "--lr_find_steps 50 applies only with --learning_rate auto"),
+    Case("monitor_every_without_monitor", "trainer", ["--monitor_every", "5"], 2,
+         "--monitor_every 5 applies only with --monitor"),
+    Case("compile_backend_without_compile", "glue", ["--torch_compile_backend", "eager"], 2,
+         "--torch_compile_backend eager applies only with --torch_compile"),
+    Case("top_multiplier_with_top_k_0", "glue", ["--preset", "baseline", "--top_lr_multiplier", "10"], 2,
+         "--top_lr_multiplier 10.0 multiplies the LR of the top_k blocks, but top_k is 0"),
+    Case("unfreeze_unit_without_unfreezing", "trainer", ["--unfreeze_unit", "steps"], 2,
+         "--unfreeze_unit steps sets the unit of gradual unfreezing"),
+    Case("freeze_fraction_freezes_nothing", "glue", ["--freeze_fraction", "0.1"], 2, "freeze_fraction"),
+    Case("class_weights_on_regression", "glue", ["--task_name", "stsb", "--class_weights", "auto"], 2,
+         "--class_weights auto weighs classes, but this task is a regression"),
+    Case("class_weights_on_regression_trainer", "trainer", ["--task_name", "stsb", "--class_weights", "auto"], 2,
+         "--class_weights auto weighs classes, but this task is a regression"),
+    Case("head_bias_on_regression", "trainer", ["--task_name", "stsb", "--head_bias_init", "prior"], 2,
+         "--head_bias_init prior sets the head's bias to the class priors, but this task is a regression"),
+    Case("reinit_into_frozen", "glue", ["--freeze_below", "3", "--reinit_top_layers", "2"], 2,
+         "--reinit_top_layers 2 re-initialises blocks 3..4, but"),
+    Case("scheduler_kwargs_not_json", "glue", ["--lr_scheduler_kwargs", "{{num_cycles: 2}}"], 2,
+         "--lr_scheduler_kwargs '{{num_cycles: 2}}': not JSON"),
+    Case("scheduler_kwargs_unknown_key", "trainer", ["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs",
+                                                      '{{"num_cycle": 2}}'], 2,
+         "--lr_scheduler_type cosine does not take num_cycle; it takes"),
+    Case("scheduler_kwargs_for_linear", "glue", ["--lr_scheduler_kwargs", '{{"num_cycles": 2}}'], 2,
+         "--lr_scheduler_type linear takes no arguments"),
+    Case("wsd_without_decay_steps", "trainer", ["--lr_scheduler_type", "warmup_stable_decay"], 2,
+         "--lr_scheduler_type warmup_stable_decay: "),
+    Case("plateau_with_warmup", "glue", ["--lr_scheduler_type", "reduce_lr_on_plateau", "--warmup_ratio", "0.1"], 2,
+         "--lr_scheduler_type reduce_lr_on_plateau has no warmup"),
+    Case("plateau_without_eval", "trainer", ["--lr_scheduler_type", "reduce_lr_on_plateau", "--eval_every_epoch",
+                                              "False"], 2, "needs an evaluation after every epoch"),
+    Case("option_abbreviated", "glue", ["--learning_r", "1e-3"], 2, "--learning_r"),
+    Case("tokenizer_vocab_too_large", "glue", ["--tokenizer_name", "{root}/bigtok"], 2,
+         "its vocabulary has 200 tokens but the embeddings of"),
+    Case("tokenizer_without_pad", "trainer", ["--tokenizer_name", "{root}/nopad"], 2,
+         "the tokenizer has no padding token"),
+    Case("output_holds_user_model", "glue", ["--save_model"], 2,
+         "holds model (--save_model writes the fine-tuned model there), which hf-layerwise did not write",
+         setup=lambda w, r: shutil.copytree(os.path.join(r, "model"), os.path.join(w, "out", "model"))),
+    # -- resume trusts only what it can check --------------------------------------------------------------------------
+    Case("resume_without_run_config", "glue", RESUME, 2, "no complete checkpoint in",
+         setup=_chain(_copy_run("glue_run"), lambda w, r: [os.unlink(os.path.join(w, "out", c, "run_config.json"))
+                                                           for c in ("step_2", "step_4")])),
+    Case("resume_path_without_run_config", "trainer", ["--resume_from_checkpoint", "{out}/checkpoint-4"], 2,
+         "checkpoint-4/run_config.json is missing", setup=_damage("trainer_run", "checkpoint-4", "run_config.json",
+                                                                  "delete")),
+    Case("resume_with_edited_data", "glue", [*DATA, *RESUME], 2, "(checkpoint: {{'train': '32 rows, sha256",
+         setup=_chain(_copy_run("glue_run"), _write("data/RTE/train.tsv", RTE_ONE_CLASS.replace("entailment",
+                                                                                              "not_entailment")))),
+    Case("resume_other_folder_into_run", "glue", ["--resume_from_checkpoint", "{root}/glue_run/step_2"], 2,
+         "continues the run of another folder, but --output_dir", setup=_copy_run("trainer_run")),
+    # -- recipes/lr_find.py: training options refused ------------------------------------------------------------------
+    Case("lr_find_with_epochs", "lr_find", ["--num_train_epochs", "5"], 2,
+         "--num_train_epochs 5.0: recipes/lr_find.py runs range tests and does not train"),
+    Case("lr_find_with_cache", "lr_find", ["--cache_frozen", "--freeze_below", "2"], 2,
+         "--cache_frozen: recipes/lr_find.py runs the range tests on the whole model"),
+    Case("lr_find_nothing_to_scan", "lr_find", ["--scan", ""], 2, "with --scan '': nothing to test"),
+    # -- the sweep owns some options -----------------------------------------------------------------------------------
+    Case("ablate_cell_output_dir", "ablate", ["run", "--tasks", "rte", "--cell", "mine=--output_dir {work}/x",
+                                              "--out", "{out}", "--", "--model_name_or_path", "{model}"], 2,
+         "--output_dir is set by the sweep", base=False),
+    Case("ablate_forwarded_seed", "ablate", ["run", "--tasks", "rte", "--presets", "baseline", "--out", "{out}", "--",
+                                             "--model_name_or_path", "{model}", "--seed", "7"], 2,
+         "--seed is set by the sweep", base=False),
+    Case("ablate_out_is_a_file", "ablate", ["run", "--tasks", "rte", "--presets", "baseline", "--out",
+                                            "{work}/file"], 2, "file: exists and is not a folder", base=False,
+         setup=_a_file("file")),
+    Case("ablate_report_missing_folder", "ablate", ["report", "{work}/none"], 2, "none: no such folder", base=False),
     # -- python -m hf_layerwise --------------------------------------------------------------------------------------
     Case("cli_describe_missing", "cli", ["describe", "{work}/none"], 2, "none: no such model folder", base=False),
     Case("cli_describe_top_k", "cli", ["describe", "{model}", "--top-k", "9"], 2, "top_k=9 is larger", base=False),
@@ -345,7 +429,8 @@ def _argv(case, fx, work):
     given = {a for a in args if a.startswith("--")}
     out, i = [], 0
     while i < len(base):  # the case's own value of an option replaces the base one
-        if base[i] in given or base[i] in case.drop:
+        if base[i] in given or base[i] in case.drop or (case.program == "lr_find" and base[i] in (
+                "--checkpointing_steps", "--max_train_steps")):  # lr_find.py does not train: refused there
             i += 2
             continue
         out += base[i:i + 2]
@@ -450,23 +535,21 @@ def test_overwrite_replaces_the_run_and_keeps_other_files(fx, tmp_path):
             "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--max_train_steps", "3",
             "--output_dir", str(out), "--overwrite_output_dir"]
     assert run_cli(glue_recipe.main, argv) == 0
-    assert sorted(os.listdir(out)) == [".hf_layerwise.lock", "results.json", "status.json"]
+    assert sorted(os.listdir(out)) == [".hf_layerwise.json", ".hf_layerwise.lock", "results.json", "status.json"]
     assert (out / "results.json").stat().st_mtime_ns != old
     assert json.loads((out / "results.json").read_text())["completed_steps"] == 3
 
 
 def test_second_writer_into_the_same_folder_is_refused(fx, tmp_path):
-    from hf_layerwise.glue.run_dir import claim_output_dir, release_output_dir
+    from hf_layerwise.glue.run_dir import RunFiles, check_output_dir, claim_output_dir
 
     out = tmp_path / "out"
-    claim_output_dir(str(out))  # this process is writing there
-    try:
+    files = RunFiles({"results.json": "the results"})
+    with claim_output_dir(str(out), files, check_output_dir(str(out), files)):  # this process is writing there
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "glue.py"), "--model_name_or_path",
                                str(fx / "model"), "--data_dir", str(fx / "data"), "--task_name", "rte",
                                "--max_train_steps", "2", "--output_dir", str(out)], env=ENV, capture_output=True,
                               text=True, timeout=300)
-    finally:
-        release_output_dir(str(out))
     assert proc.returncode == 2
     assert f"error: --output_dir {out}: another run is writing to it (pid {os.getpid()} since " in proc.stderr
 

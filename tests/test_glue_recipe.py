@@ -44,7 +44,7 @@ def _launch(args, nproc=1):
 
 RESULT_KEYS = {"task", "metrics", "main_metric", "majority_baseline", "history", "log_history", "num_train_examples",
                "num_eval_examples", "seed", "num_processes", "global_batch_size", "completed_steps", "resumed_from",
-               "train_time_s", "eval_time_s", "checkpoint_time_s", "train_samples_per_second", "peak_memory_mb",
+               "train_time_s", "eval_time_s", "checkpoint_time_s", "train_samples_per_second", "peak_memory_mb", "host",
                "layerwise", "trainable_params", "feature_cache", "lr_find", "config", "versions"}
 
 
@@ -62,6 +62,7 @@ def test_results_json_fields(setup, tmp_path):
     assert r["global_batch_size"] == 8 and r["num_processes"] == 1 and r["completed_steps"] == 16
     assert r["layerwise"]["top_k"] == 2 and r["layerwise"]["top_lr_multiplier"] == 5.0
     assert r["train_time_s"] > 0 and r["train_samples_per_second"] > 0 and r["peak_memory_mb"] > 0
+    assert r["host"]["torch_threads"] == 1 and r["host"]["cpu_share"] > 0 and r["host"]["boot_id"]  # OMP_NUM_THREADS=1
     assert {"torch", "transformers", "hf_layerwise", "git_commit"} <= set(r["versions"])
     assert r["seed"] == 5 and len(r["history"]) == 2
     assert set(r) == RESULT_KEYS

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 from glue_fixtures import RECIPE_ENV, launch, launch_together, make_model_dir, write_glue_task
+from hf_layerwise.glue.run_dir import MANIFEST
 from safetensors.torch import load_file
 
 
@@ -24,11 +25,14 @@ def setup(tmp_path_factory):
     return root, model
 
 
-def _args(setup, out, **extra):
+def _args(setup, out, training=True, **extra):
     root, model = setup
     args = {"task_name": "stsb", "model_name_or_path": model, "data_dir": str(root / "data"), "output_dir": str(out),
-            "num_train_epochs": "1", "per_device_train_batch_size": "8", "logging_steps": "2", "seed": "4",
-            "preset": "top3x5", "top_k": "2", "lr_find_steps": "24", **extra}
+            "per_device_train_batch_size": "8", "seed": "4", "preset": "top3x5", "top_k": "2", **extra}
+    if training:  # recipes/lr_find.py refuses options that only a training run uses
+        args.update(num_train_epochs="1", logging_steps="2")
+    if "auto" in (extra.get("learning_rate"), extra.get("top_lr_multiplier")):  # refused without a range test
+        args.setdefault("lr_find_steps", "24")
     return [x for k, v in args.items() for x in (f"--{k}", v)]
 
 
@@ -60,6 +64,7 @@ def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
     os.makedirs(resumed)
     shutil.copytree(auto / "step_5", resumed / "step_5")
     shutil.copy(auto / "lr_find.json", resumed)
+    shutil.copy(auto / MANIFEST, resumed)
     launch_together(("glue.py", _args(setup, fixed, learning_rate=repr(lr), top_lr_multiplier=repr(top),
                                       save_model="True")),
                     ("glue.py", _args(setup, resumed, learning_rate="auto", top_lr_multiplier="auto",
@@ -101,8 +106,8 @@ def test_trainer_recipe_auto(setup, tmp_path):
 
 def test_lr_find_script_two_processes_and_describe(setup, tmp_path):
     out = tmp_path / "find"
-    proc = launch("lr_find.py", _args(setup, out, scan="top,head,depths", lr_find_steps="10", cpu="True",
-                                        freeze_below="2"), nproc=2)
+    proc = launch("lr_find.py", _args(setup, out, training=False, scan="top,head,depths", lr_find_steps="10",
+                                        cpu="True", freeze_below="2"), nproc=2)
     saved = json.loads((out / "lr_find.json").read_text())
     targets = [t["target"] for t in saved["tests"]]
     assert targets == [None, "top2", "head", "depth3", "depth4", "depth5"], targets  # depths 0-2 frozen

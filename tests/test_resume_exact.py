@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 from glue_fixtures import make_model_dir, start, write_glue_task
+from hf_layerwise.glue.run_dir import MANIFEST
 from safetensors.torch import load_file
 
 
@@ -45,6 +46,7 @@ def _start_resume(straight, checkpoint, resumed, args, **kwargs):
     """A fresh process continues from a copy of one of the uninterrupted run's checkpoints (started, not awaited)."""
     os.makedirs(resumed)
     shutil.copytree(straight / checkpoint, resumed / checkpoint)
+    shutil.copy(straight / MANIFEST, resumed)  # the folder as a kill after that checkpoint leaves it
     out_at = args.index("--output_dir") + 1
     return _start([*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"], **kwargs)
 

@@ -148,6 +148,7 @@ def test_sharded_checkpoint_layouts_are_recognised(tmp_path, layout):
         torch.save({"state": {}}, folder / "optimizer_0" / "__0_0.pt")
     torch.save({"rng": 1}, folder / "random_states_0.pkl")
     (folder / "progress.json").write_text(json.dumps({"completed_steps": 4}))
+    (folder / "run_config.json").write_text(json.dumps({"--learning_rate": 2e-5}))
     assert checkpoint_problem(str(folder)) is None
     with open(shard / next(p.name for p in shard.iterdir()), "r+b") as f:
         f.truncate(30)

@@ -8,6 +8,7 @@ checked when it is parsed, before any data or model is loaded: a zero that would
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -84,8 +85,15 @@ class TrainArguments:
     weight_decay: float = 0.01
     num_train_epochs: float = 3.0
     max_train_steps: int | None = field(default=None, metadata={"help": "overrides num_train_epochs"})
-    warmup_ratio: float = 0.1
+    warmup_ratio: float | None = field(default=None, metadata={
+        "help": "fraction of the steps with a linear warmup (default 0.1; 0 with reduce_lr_on_plateau and greedy, "
+                "which have none)"})
     lr_scheduler_type: str = field(default="linear", metadata={"help": ", ".join(SCHEDULERS)})
+    lr_scheduler_kwargs: str | None = field(default=None, metadata={
+        "help": "JSON object of the scheduler's own arguments, as run_glue takes them, e.g. "
+                "'{\"num_decay_steps\": 100}' for warmup_stable_decay, '{\"min_lr_rate\": 0.1}' for cosine_with_min_lr, "
+                "'{\"patience\": 1}' for reduce_lr_on_plateau (which steps on the task's dev metric after every "
+                "evaluation)"})
     gradient_accumulation_steps: int = 1
     seed: int = 42
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (through accelerate)"})
@@ -94,7 +102,8 @@ class TrainArguments:
         "help": "processes preparing batches (default: 2 per training process on CUDA, with pinned memory; 0 on "
                 "the CPU, where they would take cores from training)"})
     torch_compile: bool = field(default=False, metadata={"help": "compile the model (torch.compile via accelerate)"})
-    torch_compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend"})
+    torch_compile_backend: str | None = field(default=None, metadata={
+        "help": "with --torch_compile: its backend (default inductor)"})
     checkpointing_steps: str | None = field(default=None, metadata={"help": "N (every N steps) or 'epoch'"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
     logging_steps: int = 10
@@ -106,16 +115,21 @@ class TrainArguments:
     early_stopping_patience: int | None = field(default=None, metadata={"help": "evaluations without improvement"})
     eval_every_epoch: bool = field(default=True, metadata={"help": "evaluate after every epoch (else at the end)"})
     monitor: bool = field(default=False, metadata={"help": "training-health monitor: OUTPUT_DIR/health.jsonl"})
-    monitor_every: int = field(default=50, metadata={"help": "measure every N optimizer steps"})
-    cache_max_gb: float = field(default=4.0, metadata={
-        "help": "with --cache_frozen: GiB of cached states kept in memory per process; the rest goes to a "
-                "memory-mapped file in OUTPUT_DIR/feature_cache (deleted at the end)"})
-    cache_dtype: str = field(default="float16", metadata={"help": "with --cache_frozen: float16, bfloat16 or float32"})
-    lr_find_steps: int = field(default=100, metadata={"help": "with 'auto': steps of each LR range test (at most)"})
-    lr_find_min_lr: float = field(default=1e-7, metadata={"help": "with --learning_rate auto: the range's floor"})
-    lr_find_max_lr: float = field(default=1.0, metadata={"help": "with --learning_rate auto: the range's ceiling"})
-    lr_find_rule: str = field(default="valley", metadata={
-        "help": "with 'auto': valley (fastai's default), steep or minimum (the lowest loss's LR / 10)"})
+    monitor_every: int | None = field(default=None, metadata={
+        "help": "with --monitor: measure every N optimizer steps (default 50)"})
+    cache_max_gb: float | None = field(default=None, metadata={
+        "help": "with --cache_frozen: GiB of cached states kept in memory per process (default 4); the rest goes to "
+                "a memory-mapped file in OUTPUT_DIR/feature_cache (deleted at the end)"})
+    cache_dtype: str | None = field(default=None, metadata={
+        "help": "with --cache_frozen: float16 (default), bfloat16 or float32"})
+    lr_find_steps: int | None = field(default=None, metadata={
+        "help": "with 'auto': steps of each LR range test (at most; default 100)"})
+    lr_find_min_lr: float | None = field(default=None, metadata={
+        "help": "with --learning_rate auto: the range's floor (default 1e-7)"})
+    lr_find_max_lr: float | None = field(default=None, metadata={
+        "help": "with --learning_rate auto: the range's ceiling (default 1)"})
+    lr_find_rule: str | None = field(default=None, metadata={
+        "help": "with 'auto': valley (fastai's default, the default), steep or minimum (the lowest loss's LR / 10)"})
     lr_find_fallback: float | None = field(default=None, metadata={
         "help": "with --learning_rate auto: the learning rate to train with when the range test finds no usable "
                 "valley (recorded as such in results.json); default: stop with an error"})
@@ -129,23 +143,24 @@ class TrainArguments:
                      "logging_steps", "monitor_every", "max_train_steps", "early_stopping_patience"):
             _at_least(f"--{flag}", getattr(self, flag), 1)
         _at_least("--reinit_top_layers", self.reinit_top_layers, 0)
-        _at_least("--seed", self.seed, 0)
+        if not 0 <= self.seed < 2**32:
+            raise UsageError(f"--seed {self.seed}: must be in [0, 2**32) (numpy's seed range)")
         if self.learning_rate != "auto" and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise UsageError(f"--learning_rate {self.learning_rate}: must be a finite number > 0, or auto")
         _at_least("--lr_find_steps", self.lr_find_steps, 5)
-        if not (math.isfinite(self.lr_find_max_lr) and 0 < self.lr_find_min_lr < self.lr_find_max_lr):
-            raise UsageError(f"--lr_find_min_lr {self.lr_find_min_lr} / --lr_find_max_lr {self.lr_find_max_lr}: need "
-                             "0 < min < max (finite)")
+        low, high = self.lr_find_min_lr or 1e-7, self.lr_find_max_lr or 1.0
+        if not (math.isfinite(high) and 0 < low < high) or 0 in (self.lr_find_min_lr, self.lr_find_max_lr):
+            raise UsageError(f"--lr_find_min_lr {low} / --lr_find_max_lr {high}: need 0 < min < max (finite)")
         if self.lr_find_fallback is not None and not (math.isfinite(self.lr_find_fallback)
                                                       and self.lr_find_fallback > 0):
             raise UsageError(f"--lr_find_fallback {self.lr_find_fallback}: must be a finite number > 0")
-        if self.lr_find_rule not in RULES:
+        if self.lr_find_rule is not None and self.lr_find_rule not in RULES:
             raise UsageError(f"--lr_find_rule {self.lr_find_rule!r}: use one of {', '.join(RULES)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"--weight_decay {self.weight_decay}: must be a finite number >= 0")
         if not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
             raise UsageError(f"--num_train_epochs {self.num_train_epochs}: must be > 0 (or set --max_train_steps)")
-        if not 0 <= self.warmup_ratio < 1:
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"--warmup_ratio {self.warmup_ratio}: must be in [0, 1)")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise UsageError(f"--lr_scheduler_type {self.lr_scheduler_type!r}: use one of {', '.join(SCHEDULERS)}")
@@ -155,12 +170,12 @@ class TrainArguments:
             raise UsageError(f"--head_bias_init {self.head_bias_init!r}: the only value is 'prior'")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise UsageError(f"--mixed_precision {self.mixed_precision!r}: use no, fp16 or bf16")
-        if self.torch_compile and self.torch_compile_backend.upper() not in BACKENDS:
+        if self.torch_compile_backend is not None and self.torch_compile_backend.upper() not in BACKENDS:
             raise UsageError(f"--torch_compile_backend {self.torch_compile_backend!r}: use one of "
                              f"{', '.join(b.lower() for b in BACKENDS)}")
-        if not (math.isfinite(self.cache_max_gb) and self.cache_max_gb >= 0):
+        if self.cache_max_gb is not None and not (math.isfinite(self.cache_max_gb) and self.cache_max_gb >= 0):
             raise UsageError(f"--cache_max_gb {self.cache_max_gb}: must be a finite number >= 0")
-        if self.cache_dtype not in ("float16", "bfloat16", "float32"):
+        if self.cache_dtype is not None and self.cache_dtype not in ("float16", "bfloat16", "float32"):
             raise UsageError(f"--cache_dtype {self.cache_dtype!r}: use float16, bfloat16 or float32")
         if self.report_to not in REPORT_TO:
             raise UsageError(f"--report_to {self.report_to!r}: use one of {', '.join(REPORT_TO)}")
@@ -175,11 +190,95 @@ class TrainArguments:
             raise UsageError("--overwrite_output_dir deletes the checkpoints --resume_from_checkpoint would resume "
                              "from: pass one of them")
 
+    def resolve(self, *, regression: bool, auto: bool, cache_frozen: bool) -> None:
+        """Refuse options that would do nothing with the others (each names what it needs), then fill the defaults of
+        the options left unset. Called by :func:`parse_args` once the task and the layer-wise options are known."""
+        needs = [  # (option, what it needs, whether it has it)
+            ("cache_max_gb", "--cache_frozen", cache_frozen), ("cache_dtype", "--cache_frozen", cache_frozen),
+            *[(f"lr_find_{k}", "--learning_rate auto or --top_lr_multiplier auto", auto)
+              for k in ("steps", "min_lr", "max_lr", "rule", "fallback")],
+            ("torch_compile_backend", "--torch_compile", self.torch_compile),
+            ("monitor_every", "--monitor", self.monitor),
+        ]
+        for name, need, present in needs:
+            if getattr(self, name) is not None and not present:
+                raise UsageError(f"--{name} {getattr(self, name)} applies only with {need}: add it, or drop --{name}")
+        if regression and self.class_weights:
+            raise UsageError("--class_weights auto weighs classes, but this task is a regression (no classes): drop it")
+        if regression and self.head_bias_init:
+            raise UsageError("--head_bias_init prior sets the head's bias to the class priors, but this task is a "
+                             "regression (no classes): drop it")
+        no_warmup = self.lr_scheduler_type in METRIC_SCHEDULERS
+        if no_warmup and self.warmup_ratio:
+            raise UsageError(f"--warmup_ratio {self.warmup_ratio}: --lr_scheduler_type {self.lr_scheduler_type} has no "
+                             "warmup; drop --warmup_ratio (or choose a scheduler with one)")
+        if no_warmup and not self.eval_every_epoch:
+            raise UsageError(f"--lr_scheduler_type {self.lr_scheduler_type} lowers the LR when the dev metric stops "
+                             "improving, which needs an evaluation after every epoch: drop --eval_every_epoch False")
+        defaults = {"cache_max_gb": 4.0, "cache_dtype": "float16", "lr_find_steps": 100, "lr_find_min_lr": 1e-7,
+                    "lr_find_max_lr": 1.0, "lr_find_rule": "valley", "torch_compile_backend": "inductor",
+                    "monitor_every": 50, "warmup_ratio": 0.0 if no_warmup else 0.1}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        scheduler_kwargs(self.lr_scheduler_type, self.lr_scheduler_kwargs)  # checked now, before any work
+
+    @property
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """``--lr_scheduler_kwargs`` as the scheduler takes them (see :func:`scheduler_kwargs`)."""
+        return scheduler_kwargs(self.lr_scheduler_type, self.lr_scheduler_kwargs)
+
     @property
     def checkpoint_every(self) -> int | None:
         """``--checkpointing_steps`` as a number of steps (None for 'epoch' or unset)."""
         steps = self.checkpointing_steps
         return int(steps) if steps is not None and steps != "epoch" else None
+
+
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with the dev metric after every evaluation
+
+
+def scheduler_kwargs(name: str, text: str | None) -> dict[str, Any]:
+    """``--lr_scheduler_kwargs`` checked against scheduler ``name``: a JSON object whose keys the scheduler takes,
+    with the values it needs (tried on a throw-away optimizer). Metric-stepped schedulers (reduce_lr_on_plateau,
+    greedy) get ``mode="max"`` unless given: the recipes step them with the task's main dev metric, where higher is
+    better.
+
+    Raises:
+        UsageError: not JSON, a key the scheduler does not take (the keys it takes are listed), a scheduler that takes
+            none, or values it refuses (its own message).
+    """
+    import inspect
+
+    import torch
+    from transformers import get_scheduler
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, GreedyLR
+
+    flag = f"--lr_scheduler_kwargs {text!r}"
+    try:
+        given = {} if text is None else json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"{flag}: not JSON ({err}); pass an object such as '{{\"num_cycles\": 2}}'") from None
+    if not isinstance(given, dict):
+        raise UsageError(f"{flag}: pass a JSON object such as '{{\"num_cycles\": 2}}'")
+    target = {"reduce_lr_on_plateau": torch.optim.lr_scheduler.ReduceLROnPlateau.__init__,
+              "greedy": GreedyLR.__init__}.get(name, TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)])
+    skip = {"self", "optimizer", "num_warmup_steps", "num_training_steps", "last_epoch", "verbose"}
+    takes = [p for p in inspect.signature(target).parameters if p not in skip]
+    unknown = sorted(set(given) - set(takes))
+    if unknown and not takes:
+        raise UsageError(f"{flag}: --lr_scheduler_type {name} takes no arguments; drop --lr_scheduler_kwargs")
+    if unknown:
+        raise UsageError(f"{flag}: --lr_scheduler_type {name} does not take {', '.join(unknown)}; it takes "
+                         f"{', '.join(takes)}")
+    kwargs = {"mode": "max", **given} if name in METRIC_SCHEDULERS else given
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(name, probe, num_warmup_steps=1, num_training_steps=10, scheduler_specific_kwargs=dict(kwargs))
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UsageError(f"--lr_scheduler_type {name}: {one_line(err)}; pass its arguments with "
+                         f"--lr_scheduler_kwargs (it takes {', '.join(takes)})") from None
+    return kwargs
 
 
 @dataclass
@@ -201,7 +300,7 @@ class _Parser(HfArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> RecipeArguments:
+def parse_args(argv: Sequence[str] | None = None, range_tests: bool = False) -> RecipeArguments:
     """Parse and check the command line of a GLUE recipe.
 
     Example:
@@ -210,11 +309,14 @@ def parse_args(argv: Sequence[str] | None = None) -> RecipeArguments:
         >>> args.layerwise.top_lr_multiplier, args.data.task_name
         (5.0, 'rte')
 
+    ``range_tests``: the command runs LR range tests whatever ``--learning_rate`` says (recipes/lr_find.py), so the
+    ``--lr_find_*`` options apply.
+
     Raises:
-        UsageError: an unknown option, a value of the wrong type or out of range, or an impossible
-            layer-wise config; the message names the option.
+        UsageError: an unknown option, a value of the wrong type or out of range, an option that does nothing with
+            the others, or an impossible layer-wise config; the message names the option.
     """
-    parser = _Parser((ModelArguments, DataArguments, TrainArguments, LayerwiseArguments))
+    parser = _Parser((ModelArguments, DataArguments, TrainArguments, LayerwiseArguments), allow_abbrev=False)
     for flag in ("--learning_rate", "--top_lr_multiplier"):  # a number, or 'auto' (the LR range test chooses)
         parser._option_string_actions[flag].type = _number_or_auto
     try:
@@ -236,6 +338,11 @@ def parse_args(argv: Sequence[str] | None = None) -> RecipeArguments:
         if not cfg.top_k:
             raise UsageError("--top_lr_multiplier auto scans the multiplier of the top-k blocks, but top_k is 0: pass "
                              "--top_k N (or a preset with top blocks, such as top3x5)")
+    from .data import get_task
+
+    auto = train.learning_rate == "auto" or auto_top or range_tests  # range_tests: recipes/lr_find.py
+    train.resolve(regression=get_task(data.task_name).is_regression, auto=auto,
+                  cache_frozen=cfg.cache_frozen)
     if (train.learning_rate == "auto" or auto_top) and cfg.unfreeze_every:
         raise UsageError("--learning_rate/--top_lr_multiplier auto with gradual unfreezing: the range test would see "
                          "only the head training; pass numbers, or drop --unfreeze_every")

@@ -8,6 +8,8 @@ the argument and says how to fix it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import resource
@@ -15,21 +17,27 @@ import subprocess
 from collections import Counter
 from typing import Any
 
+import logging
+
 import datasets
 import torch
 from torch import nn
 
-from ..errors import UsageError, one_line, usage_errors
+from ..errors import RunFailed, UsageError, one_line, usage_errors
 from ..feature_cache import FrozenFeatureCache
-from ..layers import LayerMap
+from ..layers import LayerMap, discover_layers
 from .arguments import RecipeArguments
 from .data import GlueTask, get_task, load_glue
 from .heads import class_weights, init_head_bias_prior, reinit_top_layers
-from .run_dir import CACHE_DIR, check_output_dir, check_same_settings, load_run_config, resolve_checkpoint
+from .run_dir import (CACHE_DIR, FolderState, RunFiles, check_output_dir, check_same_settings, load_run_config,
+                      resolve_checkpoint)
 
-__all__ = ["open_output_dir", "model_config", "max_positions", "load_data", "load_tokenizer", "load_model",
-           "loss_class_weights", "pad_multiple", "dataloader_workers", "settings_fingerprint",
-           "majority_metrics", "results_record", "git_commit", "check_environment"]
+__all__ = ["run_files", "open_output_dir", "check_resume", "data_fingerprint", "model_config", "max_positions",
+           "load_data", "load_tokenizer", "load_model", "loss_class_weights", "pad_multiple", "dataloader_workers",
+           "settings_fingerprint", "majority_metrics", "results_record", "host_record", "warn_idle_checkpointing",
+           "save_final_model", "git_commit", "check_environment"]
+
+logger = logging.getLogger("hf_layerwise.glue")
 
 # Models whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids).
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "data2vec-text",
@@ -56,22 +64,81 @@ def check_environment(args: RecipeArguments, cuda: bool) -> None:
             raise UsageError(f"--report_to {train.report_to}: {tracker} is not installed{extra}") from None
 
 
-def open_output_dir(args: RecipeArguments, kind: str) -> tuple[str | None, dict[str, Any]]:
-    """Check the output folder (not another run's unless resumed or overwritten, writable) and the checkpoint to
-    resume: every file complete and the settings it was trained with the same as this command's. Writes nothing:
-    the recipe claims the folder (:func:`~hf_layerwise.glue.run_dir.claim_output_dir`) once every input is checked.
+REPORT_FILES = ("report.html", "lr_per_depth.png", "update_ratio_per_depth.png", "grad_norm_per_depth.png",
+                "weight_histograms.png")  # python -m hf_layerwise report RUN_DIR, on a --monitor run
+
+
+def run_files(args: RecipeArguments, kind: str) -> RunFiles:
+    """What a GLUE recipe run with ``args`` writes at the top of its output folder, and which option writes it.
+
+    ``kind`` is ``"accelerate"`` (recipes/glue.py) or ``"trainer"`` (recipes/glue_trainer.py)."""
+    train = args.train
+    names = {"results.json": "the run's results"}
+    if train.learning_rate == "auto" or args.auto_top_multiplier:
+        names.update(dict.fromkeys(("lr_find.json", "lr_find.png"), "--learning_rate/--top_lr_multiplier auto"))
+    if train.monitor:
+        names.update(dict.fromkeys(("health.jsonl", "health_tb"), "--monitor"))
+        names.update(dict.fromkeys(REPORT_FILES, "python -m hf_layerwise report on a --monitor run"))
+    if train.save_model:
+        names["model"] = "--save_model writes the fine-tuned model there"
+    if args.layerwise.cache_frozen:
+        names[CACHE_DIR] = "--cache_frozen"
+    if train.report_to != "none":
+        names["glue" if kind == "accelerate" else "runs"] = f"--report_to {train.report_to} logs there"
+    if kind == "accelerate":
+        if train.early_stopping_patience is not None:
+            names["best_model"] = "--early_stopping_patience keeps the best model there"
+        prefixes = {"step_": "checkpoints", ".tmp-step_": "checkpoints being written"}
+    else:
+        prefixes = {"checkpoint-": "the Trainer's checkpoints"}
+    return RunFiles(names, prefixes)
+
+
+def open_output_dir(args: RecipeArguments, kind: str) -> tuple[str | None, dict[str, Any], FolderState]:
+    """Check the output folder (not another run's unless resumed or overwritten, no file of the user's that the run
+    would write over, writable) and the checkpoint to resume (every file complete; a checkpoint from another folder
+    only into a folder without a run). Writes nothing: the recipe claims the folder
+    (:func:`~hf_layerwise.glue.run_dir.claim_output_dir`) once every input is checked, and checks the checkpoint's
+    settings once the data is loaded (:func:`check_resume`).
 
     ``kind`` is the checkpoint layout: ``"accelerate"`` (recipes/glue.py) or ``"trainer"``. Returns (checkpoint or
-    None, this command's settings, as saved with every checkpoint).
+    None, this command's settings, as saved with every checkpoint, what the folder holds).
     """
     train = args.train
-    check_output_dir(train.output_dir, overwrite=train.overwrite_output_dir,
-                     resume=train.resume_from_checkpoint is not None)
+    seen = check_output_dir(train.output_dir, run_files(args, kind), overwrite=train.overwrite_output_dir,
+                            resume=train.resume_from_checkpoint is not None)
     settings = settings_fingerprint(args, num_processes=int(os.environ.get("WORLD_SIZE", "1")))
     checkpoint = resolve_checkpoint(train.resume_from_checkpoint, train.output_dir, kind)
+    if checkpoint is not None and seen.holds_run:
+        inside = os.path.realpath(os.path.dirname(os.path.normpath(checkpoint))) == os.path.realpath(train.output_dir)
+        if not inside:
+            raise UsageError(f"--resume_from_checkpoint {checkpoint} continues the run of another folder, but "
+                             f"--output_dir {train.output_dir} holds a run of its own ({seen.describe()}), which it "
+                             "would write over: resume into the checkpoint's own folder, or into an empty "
+                             "--output_dir")
+    return checkpoint, settings, seen
+
+
+def data_fingerprint(raw: datasets.DatasetDict) -> dict[str, str]:
+    """Per split: the number of rows and a SHA-256 of every column (texts and labels), as it is trained and
+    evaluated (after ``--max_train_samples``/``--max_eval_samples``). Part of the settings a resume must match: a
+    checkpoint continued on edited data (fewer rows, flipped labels) is refused."""
+    out = {}
+    for split in sorted(raw):
+        digest = hashlib.sha256()
+        for column in sorted(raw[split].column_names):
+            digest.update(column.encode())
+            digest.update(json.dumps(list(raw[split][column]), default=str).encode())
+        out[split] = f"{raw[split].num_rows} rows, sha256 {digest.hexdigest()[:16]}"
+    return out
+
+
+def check_resume(checkpoint: str | None, settings: dict[str, Any], raw: datasets.DatasetDict) -> None:
+    """Add the data's fingerprint to ``settings`` and, when resuming, refuse a checkpoint trained with other settings
+    or other data (every difference named)."""
+    settings["data"] = data_fingerprint(raw)
     if checkpoint is not None:
         check_same_settings(load_run_config(checkpoint), settings, checkpoint)
-    return checkpoint, settings
 
 
 def _is_local_path(path: str) -> bool:
@@ -150,15 +217,27 @@ def load_data(args: RecipeArguments) -> datasets.DatasetDict:
     return raw
 
 
-def load_tokenizer(args: RecipeArguments) -> Any:
+def load_tokenizer(args: RecipeArguments, config: Any) -> Any:
+    """The tokenizer (``--tokenizer_name`` or the model's), checked against the model: every token id it can produce
+    must have a row in the model's embeddings (a larger vocabulary would fail at the first batch that uses one)."""
     from transformers import AutoTokenizer
 
     name = args.model.tokenizer_name or args.model.model_name_or_path
     flag = "--tokenizer_name" if args.model.tokenizer_name else "--model_name_or_path"
     try:
-        return AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:
         raise UsageError(f"{flag} {name}: cannot load a tokenizer from it: {one_line(err)[:300]}") from None
+    rows = getattr(config, "vocab_size", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise UsageError(f"{flag} {name}: its vocabulary has {len(tokenizer)} tokens but the embeddings of "
+                         f"{args.model.model_name_or_path} have {rows} rows: token ids >= {rows} would fail; use the "
+                         "model's own tokenizer (or one with at most that many tokens)")
+    if tokenizer.pad_token is None:
+        raise UsageError(f"{flag} {name}: the tokenizer has no padding token, which batching needs (a decoder "
+                         "model? hf-layerwise's recipes fine-tune encoders such as BERT; decoders are not supported "
+                         "yet)")
+    return tokenizer
 
 
 def load_model(args: RecipeArguments, config: Any, train_labels: list) -> nn.Module:
@@ -178,8 +257,17 @@ def load_model(args: RecipeArguments, config: Any, train_labels: list) -> nn.Mod
             **label_kwargs)
     except Exception as err:  # missing or truncated weights, an architecture without a classification head
         raise UsageError(f"--model_name_or_path {path}: cannot load the model: {one_line(err)[:300]}") from None
+    n = args.train.reinit_top_layers
+    if n:
+        with usage_errors("layer-wise options"):
+            num_layers = discover_layers(model).num_layers
+            frozen = args.layerwise.frozen_below(num_layers)
+        if n <= num_layers and num_layers - n + 1 <= frozen:
+            raise UsageError(f"--reinit_top_layers {n} re-initialises blocks {num_layers - n + 1}..{num_layers}, but "
+                             f"blocks up to {frozen} are frozen: they would stay random and never train; lower "
+                             "--reinit_top_layers or the frozen part")
     with usage_errors("--reinit_top_layers"):
-        reinit_top_layers(model, args.train.reinit_top_layers)
+        reinit_top_layers(model, n)
     if args.train.head_bias_init == "prior" and not task.is_regression:
         with usage_errors("--head_bias_init prior"):
             init_head_bias_prior(model, train_labels, task.num_labels)
@@ -249,6 +337,39 @@ def peak_memory_mb() -> float:
     return round(peak / 2**20, 1)
 
 
+def host_record(cpu_s: float, wall_s: float) -> dict[str, Any]:
+    """The conditions a run's time was measured under, for ``ablate.py report`` to tell comparable times apart: the
+    machine's boot (``/proc/sys/kernel/random/boot_id``: a new machine or reboot gives a new one), its cores, torch's
+    threads, and the CPU share of the last training segment: process CPU seconds / (wall seconds x threads), about 1
+    when the run had its cores to itself and lower when other work took them (spin-waiting threads count as busy, so
+    it stays a lower bound of the slowdown)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = None
+    threads = torch.get_num_threads()
+    return {"boot_id": boot, "cpu_count": os.cpu_count(), "torch_threads": threads, "cuda": torch.cuda.is_available(),
+            "cpu_share": round(cpu_s / (wall_s * threads), 3) if wall_s > 0 else None}
+
+
+def warn_idle_checkpointing(args: RecipeArguments, total_steps: int) -> None:
+    """``--checkpointing_steps N`` with N beyond the run's last step writes no checkpoint: say so."""
+    every = args.train.checkpoint_every
+    if every and every > total_steps:
+        logger.warning("--checkpointing_steps %d: the run has %d optimizer steps, so no checkpoint will be written "
+                       "(use at most %d, or 'epoch')", every, total_steps, total_steps)
+
+
+def save_final_model(save: Any, target: str) -> None:
+    """``--save_model`` after results.json: a failure is a failed run (exit 1) whose results stay."""
+    try:
+        save()
+    except Exception as err:  # OSError (disk full, read-only), a non-finite weight, a serialization error
+        raise RunFailed(f"--save_model: could not save the model to {target} ({type(err).__name__}: "
+                        f"{one_line(err)[:200]}); results.json was written before it") from None
+
+
 def feature_cache(args: RecipeArguments, model: nn.Module, layers: LayerMap, distributed_type: str) -> (
         FrozenFeatureCache | None):
     """The frozen-feature cache ``--cache_frozen`` asks for (not built yet), or None. Refused under FSDP and DeepSpeed,
@@ -270,7 +391,7 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
                    train_time_s: float, eval_time_s: float, checkpoint_time_s: float, trained_samples: int,
                    trainable_params: int, resumed_from: list[str],
                    feature_cache: dict[str, Any] | None = None,
-                   lr_find: dict[str, Any] | None = None) -> dict[str, Any]:
+                   lr_find: dict[str, Any] | None = None, host: dict[str, Any] | None = None) -> dict[str, Any]:
     """``results.json`` of either recipe: the same keys, whichever loop trained.
 
     ``metrics`` are the final (or, with early stopping, the best) dev metrics; ``history`` one entry per evaluation;
@@ -280,6 +401,7 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
     reported as ``eval_time_s`` and ``checkpoint_time_s``. ``feature_cache`` describes the frozen-feature cache (its
     build time is part of ``train_time_s``); None without one. ``lr_find``: what ``--learning_rate auto`` /
     ``--top_lr_multiplier auto`` chose and the curves (its ``time_s`` is not part of ``train_time_s``); None without.
+    ``host``: the conditions the time was measured under (:func:`host_record`).
     """
     import accelerate
     import transformers
@@ -308,6 +430,7 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
         "train_samples_per_second": round(trained_samples / training, 2) if (
             training := train_time_s - eval_time_s - checkpoint_time_s) > 0 else None,
         "peak_memory_mb": peak_memory_mb(),
+        "host": host,
         "layerwise": args.layerwise.to_dict(),
         "trainable_params": trainable_params,
         "feature_cache": feature_cache,
