@@ -6,6 +6,7 @@ import base64
 import html
 import json
 import os
+import warnings
 from typing import Any
 
 __all__ = ["load_health", "render_report"]
@@ -23,7 +24,18 @@ def load_health(run_dir: str) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{path}: no health log; train with HealthCallback / HealthMonitor "
                                 "(recipes/glue.py --monitor) and point the report at that output folder")
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    records = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            if i == len(lines) - 1 and records:  # the last record of a run killed while writing it
+                warnings.warn(f"{path}:{n}: the last record is incomplete (a run stopped while writing it); "
+                              "reporting the records before it", stacklevel=2)
+                break
+            raise ValueError(f"{path}:{n}: not a health record ({err}); the log is damaged") from None
+    return records
 
 
 def _series(records: list[dict], figure: str) -> dict[int, tuple[list[int], list[float]]]:

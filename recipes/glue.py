@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_loader, eval_loaders = make_dataloaders(args, task, raw, tokenizer, accelerator)
 
     # -- model and layer-wise optimizer --------------------------------------------------------------------------------
-    model = load_model(args, config, raw["train"]["label"])
+    model = load_model(args, config, raw["train"]["label"], tokenizer.pad_token_id)
     optimizer, unfreezer = make_optimizer(args, model, accelerator)  # the config checked against the model
     run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders,
                    loss_class_weights(args, raw), settings, checkpoint)  # prepared; LR range test if asked for
@@ -632,6 +632,7 @@ def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any, folder: RunFolde
     if train.save_model:
         target = os.path.join(train.output_dir, "model")
         save_final_model(lambda: save_model(run, target, tokenizer), target)
+    acc.wait_for_everyone()  # no rank tears its gloo connections down while another is still in a collective
     acc.end_training()  # also ends the process group
     return results
 

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_resume(checkpoint, settings, raw)  # a checkpoint is continued only with its settings and data
     tokenizer = load_tokenizer(args, config)
     transformers.set_seed(args.train.seed)
-    model = load_model(args, config, raw["train"]["label"])
+    model = load_model(args, config, raw["train"]["label"], tokenizer.pad_token_id)
     with usage_errors("layer-wise options"):  # before the Trainer, which creates the output folder
         args.layerwise.validate_for(discover_layers(model).num_layers)
     tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
                 trainer.save_model(target)
 
             save_final_model(save, target)
+        trainer.accelerator.wait_for_everyone()  # no rank tears gloo down while another is still in a collective
         trainer.accelerator.end_training()  # the Trainer leaves the process group open; gloo can abort a rank at exit
     return results
 

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     set_seed(args.train.seed)
     train_loader, _ = make_dataloaders(args, task, raw, tokenizer, accelerator)
-    model = load_model(args, config, raw["train"]["label"])
+    model = load_model(args, config, raw["train"]["label"], tokenizer.pad_token_id)
     optimizer, unfreezer = make_optimizer(args, model, accelerator)
     if accelerator.distributed_type in ("FSDP", "DEEPSPEED"):
         raise UsageError(f"recipes/lr_find.py under {accelerator.distributed_type}: the range test restores the model "
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(table(choice))
             print(f"-> {os.path.join(args.train.output_dir, 'lr_find.json')} and lr_find.png")
         folder.commit()
+        accelerator.wait_for_everyone()  # no rank tears gloo down while another is still in a collective
         accelerator.end_training()
     return choice.record()
 

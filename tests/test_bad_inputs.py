@@ -366,6 +366,8 @@ CASES = [
     Case("plateau_without_eval", "trainer", ["--lr_scheduler_type", "reduce_lr_on_plateau", "--eval_every_epoch",
                                               "False"], 2, "needs an evaluation after every epoch"),
     Case("option_abbreviated", "glue", ["--learning_r", "1e-3"], 2, "--learning_r"),
+    Case("pad_multiple_with_max_length", "trainer", ["--pad_to_max_length", "--pad_to_multiple_of", "8"], 2,
+         "--pad_to_multiple_of 8 applies to dynamic padding, but --pad_to_max_length pads every example"),
     Case("tokenizer_vocab_too_large", "glue", ["--tokenizer_name", "{root}/bigtok"], 2,
          "its vocabulary has 200 tokens but the embeddings of"),
     Case("tokenizer_without_pad", "trainer", ["--tokenizer_name", "{root}/nopad"], 2,
@@ -409,6 +411,8 @@ CASES = [
     Case("cli_describe_lr_find_missing", "cli", ["describe", "{model}", "--lr-find", "{work}/none.json"], 2,
          "--lr-find {work}/none.json: not a lr_find.json", base=False),
     Case("cli_report_missing", "cli", ["report", "{work}/none"], 2, "no health log", base=False),
+    Case("cli_report_damaged_health", "cli", ["report", "{work}/h"], 2, "h/health.jsonl:1: not a health record",
+         base=False, setup=_write("h/health.jsonl", '{{"step": 1, "depth')),
     Case("cli_unknown_command", "cli", ["frobnicate"], 2, "invalid choice: 'frobnicate'", base=False),
 ]
 
@@ -576,3 +580,30 @@ def test_entry_points_print_one_line(fx, tmp_path):
     assert proc.returncode == 2 and "Traceback" in proc.stderr and proc.stderr.rstrip().splitlines()[-1].startswith(
         "error: --max_train_samples 0")
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_config_without_pad_token_id_takes_the_tokenizers(fx, tmp_path, capsys):
+    """GPT-2's config has no pad_token_id, which its classification head needs to find each example's last token
+    ("Cannot handle batch sizes > 1 if no padding token is defined" at the first batch): the tokenizer's is used."""
+    import transformers as T
+
+    folder = tmp_path / "gpt2"
+    T.GPT2Model(T.GPT2Config(vocab_size=40, n_embd=32, n_layer=4, n_head=2, n_positions=128)).save_pretrained(folder)
+    shutil.copy(fx / "model" / "vocab.txt", folder)
+    T.BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    argv = ["--model_name_or_path", str(folder), "--data_dir", str(fx / "data"), "--task_name", "rte",
+            "--per_device_train_batch_size", "8", "--max_train_steps", "2", "--preset", "baseline", "--output_dir",
+            str(tmp_path / "out")]
+    assert run_cli(glue_recipe.main, argv) == 0, capsys.readouterr().err[-2000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["completed_steps"] == 2
+
+
+def test_report_skips_the_incomplete_last_record_of_a_killed_run(tmp_path):
+    from hf_layerwise.report import load_health
+
+    (tmp_path / "health.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "dep')
+    with pytest.warns(UserWarning, match=r"health.jsonl:3: the last record is incomplete"):
+        assert load_health(str(tmp_path)) == [{"step": 1}, {"step": 2}]
+    (tmp_path / "health.jsonl").write_text('{"step": 1}\n{"step": 2, "dep\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"health.jsonl:2: not a health record"):
+        load_health(str(tmp_path))

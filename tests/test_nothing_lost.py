@@ -310,3 +310,20 @@ def test_a_run_killed_while_it_replaced_another_keeps_the_old_one(fx, tmp_path, 
     assert run_cli(glue_recipe.main, [*argv, "--overwrite_output_dir"]) == 0
     assert not (out / REPLACED).exists() and json.loads((out / "results.json").read_text())["completed_steps"] == 4
     assert set(snapshot(out)) == set(old)
+
+
+def test_files_follow_the_umask(tmp_path):
+    """results.json, lr_find.json, progress.json were written with mode 0600 (mkstemp); now like any other file."""
+    from hf_layerwise.glue.run_dir import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(str(tmp_path / "a.json"), {"x": 1})
+        os.umask(0o077)
+        write_json_atomic(str(tmp_path / "b.json"), {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "b.json").st_mode) == 0o600
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]  # no temporary file left

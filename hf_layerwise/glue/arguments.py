@@ -65,6 +65,10 @@ class DataArguments:
             raise UsageError(f"--task_name: {one_line(err)}") from None
         _at_least("--max_seq_length", self.max_seq_length, 8)
         _at_least("--pad_to_multiple_of", self.pad_to_multiple_of, 1)
+        if self.pad_to_max_length and self.pad_to_multiple_of is not None:
+            raise UsageError(f"--pad_to_multiple_of {self.pad_to_multiple_of} applies to dynamic padding, but "
+                             f"--pad_to_max_length pads every example to --max_seq_length {self.max_seq_length}: "
+                             "drop one of them")
         for flag in ("max_train_samples", "max_eval_samples"):
             _at_least(f"--{flag}", getattr(self, flag), 1, " (leave it unset to use every example)")
         if self.data_dir is not None and (self.train_file or self.validation_file):

@@ -240,10 +240,11 @@ def load_tokenizer(args: RecipeArguments, config: Any) -> Any:
     return tokenizer
 
 
-def load_model(args: RecipeArguments, config: Any, train_labels: list) -> nn.Module:
+def load_model(args: RecipeArguments, config: Any, train_labels: list, pad_token_id: int | None = None) -> nn.Module:
     """The sequence-classification model with the task's label maps and the head options of the arguments
     (``--reinit_top_layers``, ``--head_bias_init prior``); a model folder whose weights cannot be read is a
-    ``UsageError`` naming it."""
+    ``UsageError`` naming it. A config without ``pad_token_id`` (GPT-2's) takes the tokenizer's ``pad_token_id``:
+    a decoder's classification head finds each example's last token with it."""
     from transformers import AutoModelForSequenceClassification
 
     task = get_task(args.data.task_name)
@@ -257,6 +258,9 @@ def load_model(args: RecipeArguments, config: Any, train_labels: list) -> nn.Mod
             **label_kwargs)
     except Exception as err:  # missing or truncated weights, an architecture without a classification head
         raise UsageError(f"--model_name_or_path {path}: cannot load the model: {one_line(err)[:300]}") from None
+    if getattr(model.config, "pad_token_id", None) is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+        logger.info("the model's config has no pad_token_id: using the tokenizer's (%d)", pad_token_id)
     n = args.train.reinit_top_layers
     if n:
         with usage_errors("layer-wise options"):
