@@ -72,6 +72,7 @@ def main() -> None:
     rank = int(os.environ.get("RANK", 0))
     state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     torch.save({"params": state, "log": trainer.state.log_history}, os.path.join(a.out, f"final_rank{rank}.pt"))
+    trainer.accelerator.wait_for_everyone()  # as recipes/glue_trainer.py: both ranks end the process group together
     trainer.accelerator.end_training()  # left to interpreter exit, gloo's threads can abort a rank (SIGABRT)
 
 
