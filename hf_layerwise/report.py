@@ -9,13 +9,16 @@ import os
 import warnings
 from typing import Any
 
-__all__ = ["load_health", "render_report"]
+__all__ = ["REPORT_FILES", "load_health", "render_report"]
 
 PLOTS = {
     "lr_per_depth.png": ("lr", "learning rate", False),
     "update_ratio_per_depth.png": ("update_ratio", "update / weight norm  ||dW|| / ||W||", True),
     "grad_norm_per_depth.png": ("grad_norm", "gradient norm (pre-clip)", True),
 }
+HISTOGRAMS = "weight_histograms.png"
+HTML = "report.html"
+REPORT_FILES = (HTML, *PLOTS, HISTOGRAMS)  # what render_report may write into the run folder
 
 
 def load_health(run_dir: str) -> list[dict[str, Any]]:
@@ -106,9 +109,9 @@ def render_report(run_dir: str) -> str:
         for ax in list(axes.flat)[len(hists):]:
             ax.axis("off")
         fig.tight_layout()
-        fig.savefig(os.path.join(run_dir, "weight_histograms.png"), dpi=100)
+        fig.savefig(os.path.join(run_dir, HISTOGRAMS), dpi=100)
         plt.close(fig)
-        written.append("weight_histograms.png")
+        written.append(HISTOGRAMS)
 
     alarms = [(r["step"], a) for r in steps for a in r.get("alarms", [])]
     alarms += [(r["step"], r["message"]) for r in records if r.get("type") == "alarm"]
@@ -136,7 +139,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 6px;t
 <h2>Plots</h2>
 {images}</body></html>
 """
-    path = os.path.join(run_dir, "report.html")
+    path = os.path.join(run_dir, HTML)
     with open(path, "w") as f:
         f.write(page)
     return path

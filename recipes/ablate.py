@@ -45,8 +45,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 from hf_layerwise.errors import UsageError, one_line, run_cli  # noqa: E402
 from hf_layerwise.glue import get_task  # noqa: E402
 from hf_layerwise.glue.arguments import parse_args as parse_glue_args  # noqa: E402
-from hf_layerwise.glue.run_dir import (SWEEP_PID_ENV, checkpoints, remove_run_files, take_lock,  # noqa: E402
-                                       write_json_atomic)
+from hf_layerwise.glue.run_dir import (CHECKPOINT_PREFIXES, SWEEP_PID_ENV, checkpoints,  # noqa: E402
+                                       remove_run_files, take_lock, write_json_atomic)
 
 GLUE_RECIPE = os.path.join(HERE, "glue.py")
 BASELINE = "baseline"
@@ -289,7 +289,7 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
             status.update(status="complete" if ok else "failed", seconds=round(spent[-1], 1), error=error or None)
             write_json_atomic(os.path.join(folder, "status.json"), status)
             if ok:  # checkpoints and weights are not results (only what the run's manifest lists is removed)
-                remove_run_files(folder, ("step_", ".tmp-step_", "best_model"))
+                remove_run_files(folder, (*CHECKPOINT_PREFIXES, "best_model"))
                 with open(os.path.join(folder, "results.json")) as f:
                     result = json.load(f)
                 outcome = f"{result['main_metric']}={main_value(result):.4f}"

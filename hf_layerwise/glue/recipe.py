@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import RunFailed, UsageError, one_line, usage_errors
 from ..feature_cache import FrozenFeatureCache
 from ..layers import LayerMap, discover_layers
+from ..report import REPORT_FILES
 from .arguments import RecipeArguments
 from .data import GlueTask, get_task, load_glue
 from .heads import class_weights, init_head_bias_prior, reinit_top_layers
@@ -62,10 +63,6 @@ def check_environment(args: RecipeArguments, cuda: bool) -> None:
         except ImportError:
             extra = " (pip install 'hf-layerwise[monitor]')" if tracker == "tensorboard" else ""
             raise UsageError(f"--report_to {train.report_to}: {tracker} is not installed{extra}") from None
-
-
-REPORT_FILES = ("report.html", "lr_per_depth.png", "update_ratio_per_depth.png", "grad_norm_per_depth.png",
-                "weight_histograms.png")  # python -m hf_layerwise report RUN_DIR, on a --monitor run
 
 
 def run_files(args: RecipeArguments, kind: str) -> RunFiles:

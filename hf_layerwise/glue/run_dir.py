@@ -45,9 +45,10 @@ from typing import IO, Any
 
 from ..errors import CheckpointError, UsageError
 
-__all__ = ["ACCELERATE", "TRAINER", "RUN_CONFIG", "SWEEP_PID_ENV", "MANIFEST", "REPLACED", "RunFiles", "FolderState",
-           "RunFolder", "inspect_output_dir", "check_output_dir", "claim_output_dir", "remove_run_files",
-           "write_json_atomic", "checkpoints", "checkpoint_problem", "latest_checkpoint", "resolve_checkpoint",
+__all__ = ["ACCELERATE", "TRAINER", "RUN_CONFIG", "SWEEP_PID_ENV", "MANIFEST", "REPLACED", "CHECKPOINT_PREFIXES",
+           "RunFiles", "FolderState", "RunFolder", "inspect_output_dir", "check_output_dir", "claim_output_dir",
+           "remove_run_files", "write_json_atomic", "checkpoints", "checkpoint_problem", "latest_checkpoint",
+           "resolve_checkpoint",
            "load_run_config", "check_same_settings", "stop_with_sweep", "take_lock"]
 
 logger = logging.getLogger(__name__)
