@@ -10,8 +10,14 @@ starts after it is the run that would have started without it.
 :func:`scan_multiplier` is the same test with the base learning rate held and one set of depths (the top-k blocks,
 the head, one depth) sweeping its multiplier; it steps a temporary AdamW, so the caller's optimizer is not involved.
 
-Suggestions follow fastai's rules: ``valley`` (the default: a point two thirds of the way down the longest descent),
-``steep`` (the steepest descent of the smoothed loss against log LR) and ``minimum`` (the LR of the lowest loss / 10).
+The suggestion is read off the whole recorded curve, after the test. The default rule, ``centred_valley``, is fastai's
+``valley`` (a point two thirds of the way down the longest descent) on a *centred* moving mean of the raw losses
+(+-a quarter decade of LR), which has no lag; fastai's own rules read the debiased EMA the test records, which lags by
+up to an order of magnitude of LR on a short ramp and moved their picks onto the LRs where fine-tuning collapses
+(issue 26, results/minilm/lr_rules.md). Every rule's pick is then capped at a third of the LR where the centred loss
+is lowest (``cap_divisor``): beyond that minimum the loss rises, and a short test cannot see how much earlier a full
+run becomes unstable. The EMA rules stay for comparison: ``valley`` (fastai's default), ``steep`` (the steepest
+descent of the smoothed loss against log LR) and ``minimum`` (the LR of the lowest smoothed loss / 10).
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from .config import LayerwiseConfig
 from .layers import LayerMap, discover_layers
 from .optimizer import inner_optimizer, param_groups
 
-__all__ = ["LRFinderResult", "find_lr", "scan_multiplier", "suggest", "RULES", "DEFAULT_RULE", "plot_lr_find"]
+__all__ = ["LRFinderResult", "find_lr", "scan_multiplier", "suggest", "analyse_curve", "centred_losses", "RULES",
+           "DEFAULT_RULE", "CAP_DIVISOR", "plot_lr_find"]
 
-RULES = ("valley", "steep", "minimum")
-DEFAULT_RULE = "valley"
-MIN_DROP = 0.05  # a usable valley: the smoothed loss falls by at least this fraction of its starting value
+RULES = ("centred_valley", "valley", "steep", "minimum")
+DEFAULT_RULE = "centred_valley"
+CAP_DIVISOR = 3.0  # the pick is at most the LR of the centred curve's minimum / this
+CENTRE_DECADES = 0.25  # the centred mean's half-width, in decades of LR
+MIN_DROP = 0.05  # a usable valley: the centred loss falls by at least this fraction of its starting value
 
 
 @dataclass
@@ -64,18 +73,26 @@ class LRFinderResult:
     depths: list[int] | None = None  # scan: the swept depths
     base_lr: float | None = None  # scan: the base learning rate held
     settings: dict[str, Any] = field(default_factory=dict)
+    cap: float | None = None  # the guard: the pick is at most this (None: no cap, or a record from before it)
 
     @property
     def suggestion(self) -> float | None:
-        """The value the chosen ``rule`` suggests (None if the curve is too short)."""
-        return self.suggestions.get(self.rule)
+        """The value the chosen ``rule`` suggests, capped at ``cap`` (None if the curve is too short)."""
+        pick = self.suggestions.get(self.rule)
+        return pick if pick is None or self.cap is None else min(pick, self.cap)
+
+    @property
+    def capped(self) -> bool:
+        """Whether the cap lowered the rule's pick."""
+        pick = self.suggestions.get(self.rule)
+        return pick is not None and self.cap is not None and pick > self.cap
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "suggestion": self.suggestion}
+        return {**asdict(self), "suggestion": self.suggestion, "capped": self.capped}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LRFinderResult:
-        return cls(**{k: v for k, v in data.items() if k != "suggestion"})
+        return cls(**{k: v for k, v in data.items() if k not in ("suggestion", "capped")})
 
 
 # ------------------------------------------------------------------------------------------------------ suggestions
@@ -95,37 +112,95 @@ def _valley(values: Sequence[float], losses: Sequence[float]) -> tuple[int, int,
     return max_start, max_end, max(0, min(n - 1, max_start + int(sections) + int(sections / 2)))
 
 
-def suggest(values: Sequence[float], smoothed: Sequence[float], skip_start: int = 0) -> dict[str, float | None]:
-    """Every rule's suggestion for a smoothed curve (None where the curve is too short).
+def centred_losses(values: Sequence[float], losses: Sequence[float], decades: float = CENTRE_DECADES) -> list[float]:
+    """The raw losses' centred moving mean over +-``decades`` of the (geometric) range: a smoothing with no lag, for a
+    curve recorded in full. At 8 steps per decade the window is +-2 steps; near the ends it is cut short.
+
+    Example:
+        >>> centred_losses([1e-3, 1e-2, 1e-1], [3.0, 1.0, 2.0], decades=1.0)
+        [2.0, 2.0, 1.5]
+    """
+    n = len(losses)
+    if n < 2:
+        return [float(x) for x in losses]
+    per_decade = (n - 1) / math.log10(values[n - 1] / values[0])
+    h = max(1, round(decades * per_decade))
+    return [float(np.mean(losses[max(0, i - h):i + h + 1])) for i in range(n)]
+
+
+def suggest(values: Sequence[float], smoothed: Sequence[float], skip_start: int = 0, *,
+            losses: Sequence[float] | None = None) -> dict[str, float | None]:
+    """Every rule's pick for a recorded curve, uncapped (None where the curve is too short). ``smoothed`` is the
+    test's EMA (fastai's rules read it); ``losses``, the raw losses, give ``centred_valley`` (None without them).
 
     Example:
         >>> lrs = [10 ** (-6 + i / 10) for i in range(50)]
         >>> losses = [1.0 / (1 + 1e3 * lr) + (lr * 20) ** 2 for lr in lrs]   # a dip, then a rise
-        >>> s = suggest(lrs, losses)
-        >>> s["valley"] < lrs[losses.index(min(losses))]   # before the lowest loss
+        >>> s = suggest(lrs, losses, losses=losses)
+        >>> s["centred_valley"] < lrs[losses.index(min(losses))]   # before the lowest loss
         True
     """
+    centred = centred_losses(values, losses) if losses is not None and len(values) > 1 else None
     values, smoothed = list(values)[skip_start:], list(smoothed)[skip_start:]
     if len(values) < 3:
         return {rule: None for rule in RULES}
     _, _, idx = _valley(values, smoothed)
     logs = np.log(np.asarray(values))
     slopes = np.diff(np.asarray(smoothed)) / np.diff(logs)
-    return {"valley": float(values[idx]), "steep": float(values[int(np.argmin(slopes))]),
+    return {"centred_valley": None if centred is None else float(values[_valley(values, centred[skip_start:])[2]]),
+            "valley": float(values[idx]), "steep": float(values[int(np.argmin(slopes))]),
             "minimum": float(values[int(np.argmin(smoothed))]) / 10}
 
 
-def _usable(values: Sequence[float], smoothed: Sequence[float], stopped: str) -> tuple[bool, str]:
-    if len(smoothed) < 5:
-        return False, f"only {len(smoothed)} steps before the loss {stopped}: lower the floor (start) of the range"
-    low = int(np.argmin(smoothed))
-    drop = (smoothed[0] - smoothed[low]) / abs(smoothed[0]) if smoothed[0] else 0.0
+def _usable(values: Sequence[float], losses: Sequence[float], stopped: str) -> tuple[bool, str]:
+    """Whether the curve has a usable descent, read on the centred (lag-free) losses: they fall by MIN_DROP of the
+    starting level (the mean of the first points) and are not still falling at the end of the range."""
+    if len(losses) < 5:
+        return False, f"only {len(losses)} steps before the loss {stopped}: lower the floor (start) of the range"
+    centred = centred_losses(values, losses)
+    skip = min(len(values) // 10, 5)
+    start = float(np.mean(losses[:skip + 1]))
+    low = skip + int(np.argmin(centred[skip:]))
+    drop = (start - centred[low]) / abs(start) if start else 0.0
     if drop < MIN_DROP:
-        return False, (f"no usable valley: the smoothed loss fell by {100 * drop:.1f}% at most (< {100 * MIN_DROP:.0f}%)"
+        return False, (f"no usable valley: the loss fell by {100 * drop:.1f}% at most (< {100 * MIN_DROP:.0f}%)"
                        " over the range; the suggestion is not meaningful")
-    if low >= len(smoothed) - 2 and stopped == "end":
+    if low >= len(losses) - 2 and stopped == "end":
         return False, (f"the loss still fell at the end of the range ({values[-1]:.3g}): raise the ceiling (end)")
     return True, ""
+
+
+def _check_cap_divisor(cap_divisor: float | None) -> None:
+    if cap_divisor is not None and (isinstance(cap_divisor, bool) or not isinstance(cap_divisor, (int, float))
+                                    or not (math.isfinite(cap_divisor) and cap_divisor >= 1)):
+        raise ValueError(f"cap_divisor={cap_divisor!r}: use a number >= 1 (1: the lowest-loss LR itself) or None")
+
+
+def analyse_curve(values: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], *,
+                  stopped: str = "end", cap_divisor: float | None = CAP_DIVISOR) -> dict[str, Any]:
+    """What :func:`find_lr` reads off a recorded curve: ``suggestions`` (every rule, uncapped), ``cap`` (the centred
+    curve's lowest-loss LR / ``cap_divisor``; None without a cap), ``valley`` (is there a usable descent) and
+    ``note`` (why not). A curve that ``stopped="diverged"`` loses its last point first. The first tenth of the curve
+    (at most 5 points: mostly the starting loss) is not a candidate.
+
+    Example:
+        >>> lrs = [10 ** (-6 + i / 8) for i in range(40)]
+        >>> losses = [0.7 - 0.3 * (lr > 1e-4) + 50 * lr for lr in lrs]
+        >>> a = analyse_curve(lrs, losses, losses)
+        >>> a["valley"], a["cap"] < 1e-3
+        (True, True)
+    """
+    _check_cap_divisor(cap_divisor)
+    keep = len(values) - 1 if stopped == "diverged" else len(values)  # the point that diverged is not a candidate
+    values, losses, smoothed = list(values)[:keep], list(losses)[:keep], list(smoothed)[:keep]
+    skip = min(len(values) // 10, 5)  # the first points are mostly the starting loss (fastai skips 5)
+    suggestions = suggest(values, smoothed, skip_start=skip, losses=losses)
+    cap = None
+    if cap_divisor is not None and len(values) - skip >= 3:
+        centred = centred_losses(values, losses)
+        cap = float(values[skip + int(np.argmin(centred[skip:]))]) / cap_divisor
+    valley, note = _usable(values, losses, stopped)
+    return {"suggestions": suggestions, "cap": cap, "valley": valley, "note": note}
 
 
 # ------------------------------------------------------------------------------------------------ exact restoration
@@ -223,9 +298,11 @@ def _mean_over_processes(value: torch.Tensor) -> float:
 def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: str, start: float, end: float,
                 set_value: Callable[[float], None], loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None,
                 accelerator: Any, num_steps: int, accumulation_steps: int, max_grad_norm: float | None,
-                smoothing: float | None, diverge_factor: float, rule: str, snapshot_optimizer: Any) -> LRFinderResult:
+                smoothing: float | None, diverge_factor: float, rule: str, snapshot_optimizer: Any,
+                cap_divisor: float | None) -> LRFinderResult:
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: use one of {', '.join(RULES)}")
+    _check_cap_divisor(cap_divisor)  # before the test, not after it
     if not (0 < start < end and math.isfinite(end)):
         raise ValueError(f"range {start:g}..{end:g}: need 0 < start < end (a floor below the ceiling)")
     if num_steps < 5:
@@ -287,22 +364,20 @@ def _range_test(model: nn.Module, optimizer: Any, batches: Iterable, *, kind: st
         bar.close()
         source.close()
         snapshot.restore()
-    keep = len(values) - 1 if stopped == "diverged" else len(values)  # the point that diverged is not a candidate
-    skip = min(len(values) // 10, 5)  # the first smoothed points are mostly the starting loss (fastai skips 5)
-    suggestions = suggest(values[:keep], smoothed[:keep], skip_start=skip)
-    valley, note = _usable(values[:keep], smoothed[:keep], stopped)
-    return LRFinderResult(kind=kind, values=values, losses=losses, smoothed=smoothed, suggestions=suggestions,
-                          rule=rule, stopped=stopped, valley=valley, note=note,
-                          time_s=round(time.perf_counter() - started, 2),
+    read = analyse_curve(values, losses, smoothed, stopped=stopped, cap_divisor=cap_divisor)
+    return LRFinderResult(kind=kind, values=values, losses=losses, smoothed=smoothed, rule=rule, stopped=stopped,
+                          time_s=round(time.perf_counter() - started, 2), **read,
                           settings={"start": start, "end": end, "num_steps": num_steps,
                                     "accumulation_steps": accumulation_steps, "smoothing": smoothing,
-                                    "diverge_factor": diverge_factor, "max_grad_norm": max_grad_norm})
+                                    "diverge_factor": diverge_factor, "max_grad_norm": max_grad_norm,
+                                    "cap_divisor": cap_divisor, "centre_decades": CENTRE_DECADES})
 
 
 def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: float = 1e-7, end_lr: float = 1.0,
             num_steps: int = 100, loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
             accelerator: Any = None, accumulation_steps: int = 1, max_grad_norm: float | None = None,
-            smoothing: float | None = None, diverge_factor: float = 4.0, rule: str = DEFAULT_RULE) -> LRFinderResult:
+            smoothing: float | None = None, diverge_factor: float = 4.0, rule: str = DEFAULT_RULE,
+            cap_divisor: float | None = CAP_DIVISOR) -> LRFinderResult:
     """LR range test: up to ``num_steps`` optimizer steps with the LR growing exponentially from ``start_lr`` to
     ``end_lr``; stops when the smoothed loss passes ``diverge_factor`` x its minimum; everything restored after.
 
@@ -314,13 +389,16 @@ def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: fl
     With ``accelerator``, its ``autocast``, ``backward`` and ``clip_grad_norm_`` are used. Restored afterwards:
     weights, optimizer state and LRs, GradScaler, RNG states, the loader's generators and epoch, train/eval mode;
     gradients are left as None. ``smoothing`` is the loss's exponential moving average factor; the default,
-    ``0.98 ** (100 / num_steps)``, is fastai's 0.98 at 100 steps and the same window relative to the range otherwise.
+    ``0.98 ** (100 / num_steps)``, is fastai's 0.98 at 100 steps and the same window relative to the range otherwise
+    (it decides when the test stops and feeds fastai's rules; ``centred_valley`` reads the raw losses).
+    ``rule`` picks the suggestion (module docstring); ``cap_divisor`` caps it at the centred curve's lowest-loss LR
+    divided by it (None: no cap). Check ``result.valley`` before training at the suggestion.
 
     Example:
         >>> optimizer = create_optimizer(model, LayerwiseConfig.preset("top3x5"), lr=1.0)   # doctest: +SKIP
         >>> result = find_lr(model, optimizer, train_loader, max_grad_norm=1.0)
         >>> result.suggestion, result.rule
-        (0.00012, 'valley')
+        (8.4e-05, 'centred_valley')
     """
     inner = inner_optimizer(optimizer)
     default = inner.defaults.get("lr")
@@ -334,7 +412,8 @@ def find_lr(model: nn.Module, optimizer: Any, batches: Iterable, *, start_lr: fl
     return _range_test(model, optimizer, batches, kind="lr", start=start_lr, end=end_lr, set_value=set_value,
                        loss_fn=loss_fn, accelerator=accelerator, num_steps=num_steps,
                        accumulation_steps=accumulation_steps, max_grad_norm=max_grad_norm, smoothing=smoothing,
-                       diverge_factor=diverge_factor, rule=rule, snapshot_optimizer=optimizer)
+                       diverge_factor=diverge_factor, rule=rule, snapshot_optimizer=optimizer,
+                       cap_divisor=cap_divisor)
 
 
 def scan_multiplier(model: nn.Module, cfg: LayerwiseConfig, base_lr: float, batches: Iterable, depths: Iterable[int],
@@ -343,7 +422,7 @@ def scan_multiplier(model: nn.Module, cfg: LayerwiseConfig, base_lr: float, batc
                     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None, accelerator: Any = None,
                     accumulation_steps: int = 1, smoothing: float | None = None, diverge_factor: float = 4.0,
                     rule: str = DEFAULT_RULE, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8) -> LRFinderResult:
+                    eps: float = 1e-8, cap_divisor: float | None = CAP_DIVISOR) -> LRFinderResult:
     """Per-group range test: the base LR held at ``base_lr``, only ``depths`` sweeping their multiplier from
     ``start`` to ``end`` (they train at ``base_lr * multiplier``; every other trainable depth at its ``cfg``
     multiplier); the suggestion is a multiplier, e.g. for ``LayerwiseConfig.top_lr_multiplier``.
@@ -388,7 +467,8 @@ def scan_multiplier(model: nn.Module, cfg: LayerwiseConfig, base_lr: float, batc
     result = _range_test(model, temporary, batches, kind="multiplier", start=start, end=end, set_value=set_value,
                          loss_fn=loss_fn, accelerator=accelerator, num_steps=num_steps,
                          accumulation_steps=accumulation_steps, max_grad_norm=cfg.max_grad_norm, smoothing=smoothing,
-                         diverge_factor=diverge_factor, rule=rule, snapshot_optimizer=None)
+                         diverge_factor=diverge_factor, rule=rule, snapshot_optimizer=None,
+                         cap_divisor=cap_divisor)
     result.target, result.depths, result.base_lr = name or f"depths {targets}", targets, base_lr
     return result
 

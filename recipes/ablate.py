@@ -328,7 +328,7 @@ def collect(out: str, damaged: list[str] | None = None) -> list[dict]:
                      "majority": majority, "failed": value is None or value <= majority + 1e-12,
                      "train_time_s": r.get("train_time_s"), "trainable_params": r.get("trainable_params"),
                      **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}, **_lr_find_columns(r),
-                     **_timing_columns(root, r)})
+                     "fixed_lr": _fixed_lr(r), **_timing_columns(root, r)})
     mark_shared_load(rows)
     rows.sort(key=lambda r: (r["task"], r["cell"], r["seed"]))
     return rows
@@ -395,15 +395,45 @@ def _lr_find_columns(r: dict) -> dict:
             "lr_find_fallback": bool(found.get("fallback")), "lr_find_time_s": found.get("time_s")}
 
 
+def _fixed_lr(r: dict) -> float | None:
+    """The learning rate of a run that trained every parameter at one given LR (nothing frozen, no multiplier, no
+    decay: a point of a fixed-LR grid), else None."""
+    lr = ((r.get("config") or {}).get("train") or {}).get("learning_rate")
+    lw = r.get("layerwise") or {}
+    one_lr = (lw.get("freeze_below") == 0 and not lw.get("freeze_embeddings") and lw.get("top_k") == 0
+              and lw.get("layer_decay") is None and lw.get("head_lr_multiplier", 1.0) == 1.0
+              and not lw.get("unfreeze_every") and not r.get("lr_find"))
+    return float(lr) if one_lr and isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+def grid_best(rows: list[dict]) -> dict[str, tuple[str, float, dict[int, float]]]:
+    """Per task, the fixed-LR grid's best cell (:func:`_fixed_lr` cells with at least 2 seeds, highest mean):
+    (cell, its LR, {seed: value})."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("fixed_lr") is not None and r["value"] is not None:
+            cells.setdefault((r["task"], r["cell"]), []).append(r)
+    best: dict[str, tuple[str, float, dict[int, float]]] = {}
+    for (task, cell), runs in sorted(cells.items()):
+        if len(runs) < 2 or len({r["fixed_lr"] for r in runs}) != 1:
+            continue
+        values = {r["seed"]: r["value"] for r in runs}
+        if task not in best or statistics.mean(values.values()) > statistics.mean(best[task][2].values()):
+            best[task] = (cell, runs[0]["fixed_lr"], values)
+    return best
+
+
 def lr_find_lines(rows: list[dict]) -> list[str]:
     """summary.md's table of the LR range tests: per task and cell with ``--learning_rate auto`` runs, the base LR
-    chosen (median, range), the scanned multiplier, the fallbacks and the tests' cost against training time."""
+    chosen (median, range), the scanned multiplier, the fallbacks, the tests' cost against training time, and the
+    best LR of the folder's fixed-LR grid (:func:`grid_best`) with the seed-paired difference to it."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r.get("lr_find_lr") is not None:
             groups.setdefault((r["task"], r["cell"]), []).append(r)
     if not groups:
         return []
+    best = grid_best(rows)
 
     def spread(values: list[float]) -> str:
         return "—" if not values else (f"{statistics.median(values):.3g} ({min(values):.3g}-{max(values):.3g})"
@@ -414,19 +444,28 @@ def lr_find_lines(rows: list[dict]) -> list[str]:
              "fall back, min-max), the "
              "top-k multiplier the scan chose, the runs that trained at `--lr_find_fallback` because the curve had "
              "no usable valley, and the range tests' time: median seconds and median ratio to the same run's "
-             "training time (which does not include them).", "",
-             "| task | cell | runs | learning rate | top multiplier | fallbacks | range tests | / train time |",
-             "|---|---|---:|---|---|---:|---:|---:|"]
+             "training time (which does not include them). `grid best`: the cell of this folder that trains every "
+             "parameter at one fixed LR (nothing frozen) with the best mean, and its LR; `vs grid best`: the "
+             "seed-paired difference of the main metric to it with its 95% t interval.", "",
+             "| task | cell | runs | learning rate | top multiplier | fallbacks | range tests | / train time "
+             "| grid best | vs grid best [95% CI] |",
+             "|---|---|---:|---|---|---:|---:|---:|---|---|"]
     for (task, cell), runs in sorted(groups.items()):
         lrs = [r["lr_find_lr"] for r in runs if not r["lr_find_fallback"]]
         tops = [r["lr_find_top"] for r in runs if r["lr_find_top"] is not None]
         times = [r["lr_find_time_s"] for r in runs if r["lr_find_time_s"] is not None]
         ratios = [r["lr_find_time_s"] / r["train_time_s"] for r in runs
                   if r["lr_find_time_s"] is not None and r["train_time_s"]]
+        grid, versus = "—", "—"
+        if task in best:
+            name, lr, values = best[task]
+            grid = f"{name} ({lr:.3g}): {100 * statistics.mean(values.values()):.2f}"
+            diff = paired_difference({r["seed"]: r["value"] for r in runs if r["value"] is not None}, values)
+            versus = _diff_text(diff)
         lines.append(f"| {task} | {cell} | {len(runs)} | {spread(lrs)} | {spread(tops)} | "
                      f"{sum(r['lr_find_fallback'] for r in runs)} | "
                      f"{f'{statistics.median(times):.0f} s' if times else '—'} | "
-                     f"{f'{statistics.median(ratios):.3f}' if ratios else '—'} |")
+                     f"{f'{statistics.median(ratios):.3f}' if ratios else '—'} | {grid} | {versus} |")
     return [*lines, ""]
 
 

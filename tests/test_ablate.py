@@ -126,12 +126,18 @@ def test_cells_seeds_and_grid():
 HOST = {"boot_id": "boot-1", "cpu_count": 2, "torch_threads": 2, "cpu_share": 0.97}  # one quiet machine
 
 
-def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0, lr_find=None, host=HOST):
+ONE_LR = {"freeze_below": 0, "freeze_embeddings": False, "top_k": 0, "layer_decay": None, "head_lr_multiplier": 1.0,
+          "unfreeze_every": 0}  # results.json "layerwise" of a run that trains everything at one LR
+
+
+def _fake_run(out, task, cell, seed, value, majority, metric="accuracy", seconds=60.0, lr_find=None, host=HOST,
+              lr=None, layerwise=None):
     folder = out / task / cell / f"seed{seed}"
     folder.mkdir(parents=True)
+    extra = {} if lr is None else {"config": {"train": {"learning_rate": lr}}, "layerwise": layerwise or ONE_LR}
     (folder / "results.json").write_text(json.dumps({
         "task": task, "seed": seed, "main_metric": metric, "metrics": {metric: value},
-        "majority_baseline": {metric: majority}, "train_time_s": seconds, "lr_find": lr_find, "host": host}))
+        "majority_baseline": {metric: majority}, "train_time_s": seconds, "lr_find": lr_find, "host": host, **extra}))
 
 
 def test_statistics_against_hand_computed_values(tmp_path):
@@ -198,18 +204,28 @@ def test_lr_range_tests_table(tmp_path):
         return {"learning_rate": lr, "top_lr_multiplier": 1.0 if top is None else top, "fallback": fallback,
                 "time_s": time_s, "tests": tests}
 
-    for seed in (1, 2, 3):
-        _fake_run(tmp_path, "rte", "baseline", seed, 0.6, 0.5, seconds=100.0)
-    _fake_run(tmp_path, "rte", "auto", 1, 0.6, 0.5, seconds=100.0, lr_find=found(1e-4, 10.0))
-    _fake_run(tmp_path, "rte", "auto", 2, 0.6, 0.5, seconds=200.0, lr_find=found(4e-4, 30.0))
-    _fake_run(tmp_path, "rte", "auto", 3, 0.6, 0.5, seconds=100.0, lr_find=found(2e-5, 12.0, fallback=True))
+    for seed, (low, high, shaped) in {1: (0.60, 0.64, 0.70), 2: (0.62, 0.66, 0.70), 3: (0.61, 0.65, 0.70)}.items():
+        _fake_run(tmp_path, "rte", "baseline", seed, low, 0.5, seconds=100.0, lr=2e-5)
+        _fake_run(tmp_path, "rte", "fast", seed, high, 0.5, seconds=100.0, lr=1e-4)  # the grid's best
+        _fake_run(tmp_path, "rte", "top3", seed, shaped, 0.5, seconds=100.0, lr=2e-5,  # better, but not one LR
+                  layerwise={**ONE_LR, "top_k": 3})
+    _fake_run(tmp_path, "rte", "fast", 4, 0.99, 0.5, lr=1e-4)  # one seed more: mean 0.735, still the best
+    _fake_run(tmp_path, "rte", "auto", 1, 0.60, 0.5, seconds=100.0, lr_find=found(1e-4, 10.0), lr="auto")
+    _fake_run(tmp_path, "rte", "auto", 2, 0.62, 0.5, seconds=200.0, lr_find=found(4e-4, 30.0), lr="auto")
+    _fake_run(tmp_path, "rte", "auto", 3, 0.64, 0.5, seconds=100.0, lr_find=found(2e-5, 12.0, fallback=True),
+              lr="auto")
     _fake_run(tmp_path, "rte", "auto-top", 1, 0.6, 0.5, seconds=100.0, lr_find=found(1e-4, 20.0, top=8.0))
     ablate.report(str(tmp_path))
     md = (tmp_path / "summary.md").read_text()
-    # learning rates of the runs that did not fall back: 1e-4, 4e-4 (median 2.5e-4); time ratios 0.1, 0.15, 0.12
-    assert "| rte | auto | 3 | 0.00025 (0.0001-0.0004) | — | 1 | 12 s | 0.120 |" in md
-    assert "| rte | auto-top | 1 | 0.0001 | 8 | 0 | 20 s | 0.200 |" in md
+    # learning rates of the runs that did not fall back: 1e-4, 4e-4 (median 2.5e-4); time ratios 0.1, 0.15, 0.12;
+    # against fast (seeds 1-3): -0.04, -0.04, -0.01: mean -3.00, sd 1.7321, half-width 4.3027 * 1.7321 / sqrt 3
+    assert ("| rte | auto | 3 | 0.00025 (0.0001-0.0004) | — | 1 | 12 s | 0.120 | fast (0.0001): 73.50 "
+            "| -3.00 [-7.30, +1.30] (n=3) |") in md
+    assert "| rte | auto-top | 1 | 0.0001 | 8 | 0 | 20 s | 0.200 | fast (0.0001): 73.50 | -4.00 (n=1) |" in md
     assert "| rte | baseline |" not in md  # runs with a given LR have no row
+    rows = ablate.collect(str(tmp_path))
+    assert {r["cell"]: r["fixed_lr"] for r in rows if r["seed"] == 1} == {
+        "baseline": 2e-5, "fast": 1e-4, "top3": None, "auto": None, "auto-top": None}
     with open(tmp_path / "summary.csv") as f:
         header = f.readline().strip().split(",")
     assert {"lr_find_lr", "lr_find_top", "lr_find_fallback", "lr_find_time_s"} <= set(header)

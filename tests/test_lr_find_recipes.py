@@ -48,7 +48,7 @@ def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
     found = r["lr_find"]
     assert [t["kind"] for t in found["tests"]] == ["lr", "multiplier"] and found["tests"][1]["target"] == "top2"
     assert found["tests"][0]["valley"], found["tests"][0]["note"]
-    assert found["rule"] == "valley" and found["time_s"] > 0 and found["reused_from"] is None
+    assert found["rule"] == "centred_valley" and found["time_s"] > 0 and found["reused_from"] is None
     lr, top = found["learning_rate"], found["top_lr_multiplier"]
     assert lr == found["tests"][0]["suggestion"] and 1e-7 <= lr <= 1.0
     assert r["config"]["train"]["learning_rate"] == lr and r["layerwise"]["top_lr_multiplier"] == top
@@ -79,16 +79,21 @@ def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
 
 def test_fallback_when_the_curve_has_no_valley(setup, tmp_path):
     """A range far too low to train has no usable valley: with --lr_find_fallback the run trains at the fallback
-    (recorded as such) and is the run --learning_rate <fallback> trains, bit for bit (without it the run stops with
-    one line: tests/test_bad_inputs.py)."""
+    (recorded as such) and is the run --learning_rate <fallback> trains, bit for bit; without it, at the documented
+    default (2e-5), with one warning line saying why."""
     flat = dict(learning_rate="auto", lr_find_min_lr="1e-9", lr_find_max_lr="1e-8", lr_find_steps="6",
                 save_model="True")
-    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
-    launch_together(("glue.py", _args(setup, auto, lr_find_fallback="0.002", **flat)),
-                    ("glue.py", _args(setup, fixed, learning_rate="0.002", save_model="True")))
+    auto, fixed, default = tmp_path / "auto", tmp_path / "fixed", tmp_path / "default"
+    runs = launch_together(("glue.py", _args(setup, auto, lr_find_fallback="0.002", **flat)),
+                           ("glue.py", _args(setup, fixed, learning_rate="0.002", save_model="True")),
+                           ("glue.py", _args(setup, default, **flat)))
     found = json.loads((auto / "results.json").read_text())["lr_find"]
     assert found["fallback"] is True and found["learning_rate"] == 0.002
     assert not found["tests"][0]["valley"] and found["tests"][0]["note"]  # why it has none
+    by_default = json.loads((default / "results.json").read_text())["lr_find"]
+    assert by_default["fallback"] is True and by_default["learning_rate"] == 2e-5
+    warned = [line for line in runs[2].stderr.splitlines() if "WARNING hf_layerwise.lr_find: LR range test:" in line]
+    assert len(warned) == 1 and "training at 2e-05 (the default --lr_find_fallback)" in warned[0], runs[2].stderr
     assert json.loads((fixed / "results.json").read_text())["lr_find"] is None
     a, b = _weights(auto), _weights(fixed)
     assert all(torch.equal(a[k], b[k]) for k in a), "the fallback run is not the run at the fallback LR"

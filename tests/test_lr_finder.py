@@ -2,7 +2,10 @@
 restoration with dropout on (weights, optimizer state, RNG streams, data order), layer-wise groups keeping their
 multipliers, the per-group multiplier scan, and the suggestion rules."""
 
+import glob
+import json
 import math
+import os
 import random
 
 import numpy as np
@@ -13,7 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_layerwise import LayerwiseConfig, create_optimizer, discover_layers
-from hf_layerwise.lr_finder import LRFinderResult, find_lr, plot_lr_find, scan_multiplier, suggest
+from hf_layerwise.lr_finder import (CAP_DIVISOR, LRFinderResult, analyse_curve, centred_losses, find_lr, plot_lr_find,
+                                    scan_multiplier, suggest)
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "minilm")
 
 
 def _quadratic(d=8, n=512, noise=0.5):
@@ -177,7 +183,9 @@ def test_rules_and_flat_curves():
     s = suggest(lrs, losses)
     low = lrs[int(np.argmin(losses))]
     assert s["valley"] < low and s["steep"] < low and math.isclose(s["minimum"], low / 10)
-    assert suggest(lrs[:2], losses[:2]) == {"valley": None, "steep": None, "minimum": None}
+    assert suggest(lrs[:2], losses[:2]) == {"centred_valley": None, "valley": None, "steep": None, "minimum": None}
+    assert s["centred_valley"] is None  # no raw losses given
+    assert suggest(lrs, losses, losses=losses)["centred_valley"] < low
     model = _linear()
     flat = find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [(torch.zeros(4, 8), torch.zeros(4, 1))],
                    loss_fn=lambda m, b: _mse(m, b) + 1.0, start_lr=1e-6, end_lr=1e-5, num_steps=20)
@@ -186,3 +194,80 @@ def test_rules_and_flat_curves():
         find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [], rule="best")
     with pytest.raises(ValueError, match="0 < start < end"):
         find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [], start_lr=1.0, end_lr=1e-3)
+
+
+def _ramp(n=40, lo=1e-6, hi=1e-1):
+    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+
+
+def _ema(losses, beta):
+    out, avg = [], 0.0
+    for i, x in enumerate(losses):
+        avg = beta * avg + (1 - beta) * x
+        out.append(avg / (1 - beta ** (i + 1)))
+    return out
+
+
+def test_centred_losses_have_no_lag_and_the_ema_does():
+    """A step down at 1e-4 on a 40-step ramp (8 per decade): the centred mean crosses the midpoint at the step, the
+    recorded EMA (beta 0.98^(100/40)) most of a decade to the right -- the lag that moved fastai's valley."""
+    lrs = _ramp()
+    losses = [1.0 if lr < 1e-4 else 0.5 for lr in lrs]
+    step = next(i for i, lr in enumerate(lrs) if lr >= 1e-4)
+    centred = centred_losses(lrs, losses)
+    ema = _ema(losses, 0.98 ** (100 / 40))
+    cross_c = next(i for i, x in enumerate(centred) if x < 0.75)
+    cross_e = next(i for i, x in enumerate(ema) if x < 0.75)
+    assert abs(cross_c - step) <= 1
+    assert math.log10(lrs[cross_e] / lrs[cross_c]) >= 0.5
+    assert centred_losses(lrs[:1], [2.0]) == [2.0]
+    assert len(centred_losses(lrs, losses, decades=1.0)) == len(lrs)
+
+
+def test_centred_valley_and_the_cap():
+    """The default rule reads the lag-free curve; the cap holds any rule's pick to a third of the LR of the lowest
+    centred loss; both travel through to_dict/from_dict."""
+    lrs = _ramp()
+    rng = np.random.default_rng(0)
+    # a descent from 1e-5 to 1e-4, a floor, then a rise from 1e-3 on; 3% noise per step
+    base = [0.7 - 0.3 * min(1.0, max(0.0, math.log10(lr / 1e-5))) + 5.0 * max(0.0, lr - 1e-3) for lr in lrs]
+    losses = [x * (1 + 0.03 * rng.standard_normal()) for x in base]
+    smoothed = _ema(losses, 0.98 ** (100 / 40))
+    read = analyse_curve(lrs, losses, smoothed)
+    pick = read["suggestions"]["centred_valley"]
+    assert read["valley"] and 1e-5 <= pick <= 1e-4, read
+    assert read["suggestions"]["valley"] > pick  # the EMA's valley lies to the right
+    assert read["cap"] is not None and read["cap"] <= 1e-2 / CAP_DIVISOR
+    result = LRFinderResult(kind="lr", values=lrs, losses=losses, smoothed=smoothed, rule="valley", stopped="end",
+                            time_s=1.0, **{**read, "cap": pick})  # a cap below the EMA valley: it binds
+    assert result.capped and result.suggestion == pick
+    again = LRFinderResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result and again.suggestion == pick and again.to_dict()["capped"] is True
+    old = result.to_dict()
+    del old["cap"], old["capped"]  # a record written before the cap existed (issue 15's lr_find.json)
+    assert LRFinderResult.from_dict(old).suggestion == read["suggestions"]["valley"]
+    uncapped = analyse_curve(lrs, losses, smoothed, cap_divisor=None)
+    assert uncapped["cap"] is None
+    for bad in (0.5, math.inf, float("nan"), "3", True):
+        with pytest.raises(ValueError, match="cap_divisor"):
+            analyse_curve(lrs, losses, smoothed, cap_divisor=bad)
+    model = _linear()
+    with pytest.raises(ValueError, match="cap_divisor"):  # refused before any step
+        find_lr(model, torch.optim.SGD(model.parameters(), lr=1.0), [], cap_divisor=0)
+
+
+def test_flat_curves_have_no_valley_on_the_committed_study_curves():
+    """The recorded range tests of the MiniLM study (issue 15, committed): RTE's loss stays at ln 2 until it
+    diverges -- no usable valley on any seed; CoLA, MRPC and STS-B fall by more than 5% on every seed. And the
+    default rule with its cap never picks above 2e-4, where issue 15's runs collapsed."""
+    paths = sorted(glob.glob(os.path.join(RESULTS, "*", "lr-auto", "seed*", "lr_find.json")))
+    assert len(paths) >= 20, "the committed study curves are missing"
+    for path in paths:
+        with open(path) as f:
+            test = json.load(f)["tests"][0]
+        read = analyse_curve(test["values"], test["losses"], test["smoothed"], stopped=test["stopped"])
+        task = path.split(os.sep)[-4]
+        assert read["valley"] == (task != "rte"), (path, read["note"])
+        if task != "rte":
+            pick = min(read["suggestions"]["centred_valley"], read["cap"])
+            assert 2e-5 <= pick <= 2.1e-4, (path, pick)  # the ramp point nearest 2e-4 is 2.03e-4

@@ -20,11 +20,15 @@ from transformers import HfArgumentParser, SchedulerType
 
 from ..config import LayerwiseArguments, LayerwiseConfig
 from ..errors import UsageError, one_line
-from ..lr_finder import RULES
+from ..lr_finder import DEFAULT_RULE, RULES
 
 __all__ = ["ModelArguments", "DataArguments", "TrainArguments", "RecipeArguments", "parse_args", "REPORT_TO"]
 
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
+# The range test of --learning_rate auto, as calibrated on the MiniLM study (issue 26, results/minilm/lr_rules.md):
+# 8 steps per decade from 1e-6 to 1e-2 (past every curve's lowest loss; each step is one training batch).
+LR_FIND_DEFAULTS = {"lr_find_steps": 33, "lr_find_min_lr": 1e-6, "lr_find_max_lr": 1e-2, "lr_find_rule": DEFAULT_RULE}
+LR_FIND_FALLBACK = 2e-5  # the LR of a curve without a usable valley: the common BERT fine-tuning LR (run_glue's)
 SCHEDULERS = tuple(s.value for s in SchedulerType)
 BACKENDS = tuple(b.value for b in DynamoBackend if b.value != "NO")
 
@@ -127,16 +131,19 @@ class TrainArguments:
     cache_dtype: str | None = field(default=None, metadata={
         "help": "with --cache_frozen: float16 (default), bfloat16 or float32"})
     lr_find_steps: int | None = field(default=None, metadata={
-        "help": "with 'auto': steps of each LR range test (at most; default 100)"})
+        "help": f"with 'auto': steps of each LR range test (at most; default {LR_FIND_DEFAULTS['lr_find_steps']}: "
+                "8 per decade over the default range)"})
     lr_find_min_lr: float | None = field(default=None, metadata={
-        "help": "with --learning_rate auto: the range's floor (default 1e-7)"})
+        "help": f"with --learning_rate auto: the range's floor (default {LR_FIND_DEFAULTS['lr_find_min_lr']:g})"})
     lr_find_max_lr: float | None = field(default=None, metadata={
-        "help": "with --learning_rate auto: the range's ceiling (default 1)"})
+        "help": f"with --learning_rate auto: the range's ceiling (default {LR_FIND_DEFAULTS['lr_find_max_lr']:g})"})
     lr_find_rule: str | None = field(default=None, metadata={
-        "help": "with 'auto': valley (fastai's default, the default), steep or minimum (the lowest loss's LR / 10)"})
+        "help": f"with 'auto': {DEFAULT_RULE} (the default: fastai's valley on the lag-free curve), or fastai's "
+                "valley, steep or minimum (on the smoothed curve); every pick is capped at a third of the LR of the "
+                "lowest loss"})
     lr_find_fallback: float | None = field(default=None, metadata={
         "help": "with --learning_rate auto: the learning rate to train with when the range test finds no usable "
-                "valley (recorded as such in results.json); default: stop with an error"})
+                f"valley (recorded as such in results.json; default {LR_FIND_FALLBACK:g})"})
     debug: bool = field(default=False, metadata={"help": "show the traceback of an error (or HF_LAYERWISE_DEBUG=1)"})
 
     def __post_init__(self) -> None:
@@ -152,7 +159,8 @@ class TrainArguments:
         if self.learning_rate != "auto" and not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise UsageError(f"--learning_rate {self.learning_rate}: must be a finite number > 0, or auto")
         _at_least("--lr_find_steps", self.lr_find_steps, 5)
-        low, high = self.lr_find_min_lr or 1e-7, self.lr_find_max_lr or 1.0
+        low = self.lr_find_min_lr or LR_FIND_DEFAULTS["lr_find_min_lr"]
+        high = self.lr_find_max_lr or LR_FIND_DEFAULTS["lr_find_max_lr"]
         if not (math.isfinite(high) and 0 < low < high) or 0 in (self.lr_find_min_lr, self.lr_find_max_lr):
             raise UsageError(f"--lr_find_min_lr {low} / --lr_find_max_lr {high}: need 0 < min < max (finite)")
         if self.lr_find_fallback is not None and not (math.isfinite(self.lr_find_fallback)
@@ -219,9 +227,9 @@ class TrainArguments:
         if no_warmup and not self.eval_every_epoch:
             raise UsageError(f"--lr_scheduler_type {self.lr_scheduler_type} lowers the LR when the dev metric stops "
                              "improving, which needs an evaluation after every epoch: drop --eval_every_epoch False")
-        defaults = {"cache_max_gb": 4.0, "cache_dtype": "float16", "lr_find_steps": 100, "lr_find_min_lr": 1e-7,
-                    "lr_find_max_lr": 1.0, "lr_find_rule": "valley", "torch_compile_backend": "inductor",
-                    "monitor_every": 50, "warmup_ratio": 0.0 if no_warmup else 0.1}
+        defaults = {"cache_max_gb": 4.0, "cache_dtype": "float16", **LR_FIND_DEFAULTS,
+                    "torch_compile_backend": "inductor", "monitor_every": 50,
+                    "warmup_ratio": 0.0 if no_warmup else 0.1}
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)

@@ -27,7 +27,7 @@ from ..errors import RunFailed
 from ..layers import LayerMap
 from ..lr_finder import LRFinderResult, find_lr, plot_lr_find, scan_multiplier
 from ..optimizer import create_optimizer, inner_optimizer, param_groups
-from .arguments import RecipeArguments
+from .arguments import LR_FIND_FALLBACK, RecipeArguments
 from .run_dir import write_json_atomic
 
 __all__ = ["LR_FIND_JSON", "LR_FIND_PNG", "PROVISIONAL_LR", "LRChoice", "wants_search", "provisional_lr",
@@ -102,12 +102,8 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
     is restored after the test); without it a temporary layer-wise AdamW is used (Trainer recipe). ``resume_from``:
     a resumed run's ``lr_find.json``, read instead of testing again when it exists. ``require_valley=False``
     (recipes/lr_find.py, which only reports) takes the suggestion of a curve without a usable valley too.
-    ``--lr_find_fallback`` (``args.train.lr_find_fallback``): the base LR to use when the curve has no usable valley
-    (``fallback`` is then True in the record) instead of stopping.
-
-    Raises:
-        RunFailed: the base-LR curve has no usable valley and no fallback was given (the message says what the curve
-            did).
+    When the curve has no usable valley (a flat curve: RTE on MiniLM), the run trains at ``--lr_find_fallback``
+    (default ``LR_FIND_FALLBACK``, 2e-5) with a one-line warning saying why; ``fallback`` is True in the record.
     """
     if resume_from is not None and os.path.exists(resume_from):
         return _reuse(resume_from, args)
@@ -122,24 +118,22 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
                          max_grad_norm=cfg.max_grad_norm, **common)
         tests.append(result)
         no_answer = result.suggestion is None or (require_valley and not result.valley)
-        if no_answer and train.lr_find_fallback is not None:
-            lr, fallback = train.lr_find_fallback, True
-            logger.warning("LR range test: %s; training at --lr_find_fallback %.3g", result.note or "no suggestion",
-                           lr)
-        elif no_answer:
-            low = min(range(len(result.smoothed)), key=result.smoothed.__getitem__) if result.smoothed else None
-            where = (f"smoothed loss {result.smoothed[0]:.4g} at {result.values[0]:.3g}, lowest {result.smoothed[low]:.4g}"
-                     f" at {result.values[low]:.3g}, stopped ({result.stopped}) at {result.values[-1]:.3g}"
-                     if low is not None else f"stopped ({result.stopped}) before the first point")
-            raise RunFailed(f"--learning_rate auto: the LR range test found no usable learning rate ({result.note}; "
-                            f"{where}). See the curve with recipes/lr_find.py, pass a number, or pass "
-                            "--lr_find_fallback LR to train at LR when this happens")
+        if no_answer:
+            given = train.lr_find_fallback is not None
+            lr, fallback = (train.lr_find_fallback if given else LR_FIND_FALLBACK), True
+            logger.warning("LR range test: %s; training at %.3g (%s); recipes/lr_find.py shows the curve",
+                           result.note or f"no suggestion (stopped: {result.stopped})", lr,
+                           "--lr_find_fallback" if given else "the default --lr_find_fallback")
         else:
             lr = result.suggestion
-            logger.info("LR range test: base learning rate %.3g (%s rule; %d steps, %s)", lr, result.rule,
+            capped = (f", capped at the lowest loss's LR / {result.settings['cap_divisor']:g} (the rule said "
+                      f"{result.suggestions[result.rule]:.3g})" if result.capped else "")
+            logger.info("LR range test: base learning rate %.3g (%s rule%s; %d steps, %s)", lr, result.rule, capped,
                         len(result.values), result.stopped)
     lr = float(lr)
     if args.auto_top_multiplier:
+        logger.warning("--top_lr_multiplier auto: the multiplier scan is a diagnostic, not a recommendation; on the "
+                       "MiniLM study it picked 1x..191x and did not help (README, 'Choosing the learning rate')")
         scan = scan_multiplier(model, cfg, lr, batches, depths=_top_depths(cfg, layers.num_layers),
                                name=f"top{cfg.top_k}", layers=layers, **common)
         tests.append(scan)
