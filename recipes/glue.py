@@ -617,6 +617,7 @@ def finish(run: Run, raw: datasets.DatasetDict, tokenizer: Any, folder: RunFolde
         num_processes=acc.num_processes, completed_steps=progress.completed_steps, train_time_s=train_time,
         eval_time_s=progress.eval_time_s, checkpoint_time_s=progress.checkpoint_time_s,
         trained_samples=progress.trained_samples, trainable_params=run.unfreezer.trainable_parameters,
+        num_layers=run.unfreezer.layers.num_layers,
         resumed_from=progress.resumed_from, feature_cache=None if run.cache is None else run.cache.stats(),
         lr_find=None if run.lr_choice is None else run.lr_choice.record(),
         host=host_record(time.process_time() - run.segment_cpu_start, time.perf_counter() - run.segment_start))

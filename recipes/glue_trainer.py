@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_tokenizer(args, config)
     transformers.set_seed(args.train.seed)
     model = load_model(args, config, raw["train"]["label"], tokenizer.pad_token_id)
+    num_layers = discover_layers(model).num_layers
     with usage_errors("layer-wise options"):  # before the Trainer, which creates the output folder
-        args.layerwise.validate_for(discover_layers(model).num_layers)
+        args.layerwise.validate_for(num_layers)
     tokenized = tokenize_glue(raw, tokenizer, task, args.data.max_seq_length, args.data.pad_to_max_length)
     if args.layerwise.cache_frozen:  # every example gets its row in the frozen-feature cache
         tokenized.update(add_cache_rows({s: tokenized[s] for s in ("train", *task.eval_splits)}))
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             checkpoint_time_s=checkpoints.checkpoint_time_s,
             trained_samples=round(raw["train"].num_rows * float(trainer.state.epoch or 0)),
             trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+            num_layers=num_layers,
             resumed_from=earlier["resumed_from"],
             feature_cache=None if trainer.feature_cache is None else trainer.feature_cache.stats(),
             lr_find=None if lr_choice is None else lr_choice.record(), host=host)

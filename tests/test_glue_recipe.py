@@ -45,7 +45,7 @@ def _launch(args, nproc=1):
 RESULT_KEYS = {"task", "metrics", "main_metric", "majority_baseline", "history", "log_history", "num_train_examples",
                "num_eval_examples", "seed", "num_processes", "global_batch_size", "completed_steps", "resumed_from",
                "train_time_s", "eval_time_s", "checkpoint_time_s", "train_samples_per_second", "peak_memory_mb", "host",
-               "layerwise", "trainable_params", "feature_cache", "lr_find", "config", "versions"}
+               "layerwise", "trainable_params", "num_layers", "feature_cache", "lr_find", "config", "versions"}
 
 
 def _results(out):
@@ -61,6 +61,7 @@ def test_results_json_fields(setup, tmp_path):
     assert r["num_train_examples"] == 64 and r["num_eval_examples"] == {"validation": 24}
     assert r["global_batch_size"] == 8 and r["num_processes"] == 1 and r["completed_steps"] == 16
     assert r["layerwise"]["top_k"] == 2 and r["layerwise"]["top_lr_multiplier"] == 5.0
+    assert r["num_layers"] == 4  # the tiny BERT's blocks, as the layer map found them
     assert r["train_time_s"] > 0 and r["train_samples_per_second"] > 0 and r["peak_memory_mb"] > 0
     assert r["host"]["torch_threads"] == 1 and r["host"]["cpu_share"] > 0 and r["host"]["boot_id"]  # OMP_NUM_THREADS=1
     assert {"torch", "transformers", "hf_layerwise", "git_commit"} <= set(r["versions"])
@@ -169,7 +170,7 @@ def test_glue_trainer_recipe(setup, tmp_path):
                                   monitor_every=4)], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = _results(tmp_path)
-    assert set(r["metrics"]) == {"matthews_correlation"} and r["completed_steps"] == 16
+    assert set(r["metrics"]) == {"matthews_correlation"} and r["completed_steps"] == 16 and r["num_layers"] == 4
     logged = [h for h in r["log_history"] if "loss" in h]
     assert all(h["lr/depth4"] == pytest.approx(5 * h["lr/depth2"]) for h in logged if h["lr/depth2"] > 0)
     assert r["num_eval_examples"] == {"validation": 10}

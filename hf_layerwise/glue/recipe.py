@@ -390,7 +390,7 @@ def feature_cache(args: RecipeArguments, model: nn.Module, layers: LayerMap, dis
 def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any, *, metrics: dict[str, float],
                    history: list[dict], log_history: list[dict], num_processes: int, completed_steps: int,
                    train_time_s: float, eval_time_s: float, checkpoint_time_s: float, trained_samples: int,
-                   trainable_params: int, resumed_from: list[str],
+                   trainable_params: int, num_layers: int, resumed_from: list[str],
                    feature_cache: dict[str, Any] | None = None,
                    lr_find: dict[str, Any] | None = None, host: dict[str, Any] | None = None) -> dict[str, Any]:
     """``results.json`` of either recipe: the same keys, whichever loop trained.
@@ -402,7 +402,8 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
     reported as ``eval_time_s`` and ``checkpoint_time_s``. ``feature_cache`` describes the frozen-feature cache (its
     build time is part of ``train_time_s``); None without one. ``lr_find``: what ``--learning_rate auto`` /
     ``--top_lr_multiplier auto`` chose and the curves (its ``time_s`` is not part of ``train_time_s``); None without.
-    ``host``: the conditions the time was measured under (:func:`host_record`).
+    ``host``: the conditions the time was measured under (:func:`host_record`). ``num_layers``: the encoder blocks
+    the layer map found (depths 1..num_layers; 0 is the embeddings, num_layers + 1 the head).
     """
     import accelerate
     import transformers
@@ -434,6 +435,7 @@ def results_record(args: RecipeArguments, raw: datasets.DatasetDict, metric: Any
         "host": host,
         "layerwise": args.layerwise.to_dict(),
         "trainable_params": trainable_params,
+        "num_layers": num_layers,
         "feature_cache": feature_cache,
         "lr_find": lr_find,
         "config": {"model": vars(args.model), "data": vars(args.data), "train": vars(args.train),

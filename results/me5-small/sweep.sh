@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The layer-wise LR study at 12 blocks (issue 27): the MiniLM study's cells on multilingual-e5-small, 4 tasks x 3 seeds.
+# Resumable: run it again after a kill and it continues.   bash results/me5-small/sweep.sh   (repository root)
+#   TASKS=mrpc SEEDS="1" CELLS=baseline,uniform-5x bash results/me5-small/sweep.sh     runs a part of it
+# Seed by seed, so a partial sweep already pairs every cell on every task.
+# Cells: baseline (2e-5 everywhere), uniform-5x (1e-4 everywhere), top3x5 (top 3 of 12 blocks at 5x), top3x5-freeze
+# (embeddings and blocks 1-6 frozen, frozen-feature cache), top3x5-freeze25 (embeddings and blocks 1-3 frozen, cache),
+# llrd-0.8 (ELECTRA's layer-wise decay, at 1e-4).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source results/me5-small/settings.sh  # PY, MODEL, DATA, COMMON
+declare -A CELL=(
+  [baseline]="--preset baseline"
+  [uniform-5x]="--preset baseline --learning_rate 1e-4"
+  [top3x5]="--preset top3x5"
+  [top3x5-freeze]="--preset top3x5-freeze --cache_frozen"
+  [top3x5-freeze25]="--preset top3x5-freeze --freeze_fraction 0.25 --cache_frozen"
+  [llrd-0.8]="--preset llrd-0.8 --learning_rate 1e-4"
+)
+CELLS=${CELLS:-baseline,uniform-5x,top3x5,top3x5-freeze,top3x5-freeze25,llrd-0.8}
+ARGS=()
+for name in ${CELLS//,/ }; do ARGS+=(--cell "$name=${CELL[$name]}"); done
+for seed in ${SEEDS:-1 2 3}; do
+  $PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc,stsb,cola}" --seeds "$seed" --out results/me5-small \
+      "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them
+done
+$PY recipes/ablate.py report results/me5-small --compare_to uniform-5x
