@@ -1,10 +1,12 @@
-"""hf-layerwise: layer-wise learning rates, freezing and gradual unfreezing for Hugging Face encoders.
+"""hf-layerwise: layer-wise learning rates, freezing and gradual unfreezing for Hugging Face encoders and decoder LLMs
+(with or without PEFT LoRA adapters).
 
 Example:
     >>> from hf_layerwise import LayerwiseConfig, create_optimizer
     >>> optimizer = create_optimizer(model, LayerwiseConfig.preset("top3x5"), lr=2e-5)   # doctest: +SKIP
 """
 
+from .adapters import depth_rank_pattern
 from .callbacks import HealthCallback, LayerwiseCallback, LayerwiseTrainer, LayerwiseTrainerMixin, check_training_setup
 from .config import PRESETS, LayerwiseConfig
 from .feature_cache import CacheMismatchError, FrozenFeatureCache, add_cache_rows
@@ -37,6 +39,7 @@ __all__ = [
     "add_cache_rows",
     "check_training_setup",
     "create_optimizer",
+    "depth_rank_pattern",
     "discover_layers",
     "find_lr",
     "freeze",

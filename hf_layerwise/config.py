@@ -37,6 +37,9 @@ class LayerwiseConfig:
         cache_frozen: train from cached outputs of the frozen bottom (embeddings and blocks ``1..freeze_below``),
             computed once per example without dropout: see :class:`hf_layerwise.FrozenFeatureCache`. Needs at least
             one frozen block. Read by the GLUE recipes (``--cache_frozen``); the optimizer ignores it.
+        loraplus_ratio: LoRA+ (Hayou et al. 2024): a PEFT LoRA model's B matrices train at this multiple of the LR
+            of the A matrices at the same depth (on top of the depth's multipliers); ``None`` = off. Needs a LoRA
+            model.
 
     Example:
         >>> cfg = LayerwiseConfig(freeze_below=6, top_k=3, top_lr_multiplier=5.0)
@@ -56,6 +59,7 @@ class LayerwiseConfig:
     unfreeze_every: int = 0
     unfreeze_unit: Literal["epochs", "steps"] = "epochs"
     cache_frozen: bool = False
+    loraplus_ratio: float | None = None
 
     def __post_init__(self) -> None:
         self._check()
@@ -68,13 +72,13 @@ class LayerwiseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise bad(name, value, f"must be an integer (got {type(value).__name__})")
-        for name in ("freeze_fraction", "top_lr_multiplier", "head_lr_multiplier", "weight_decay", "layer_decay",
-                     "max_grad_norm"):
+        optional = ("layer_decay", "max_grad_norm", "loraplus_ratio")
+        for name in ("freeze_fraction", "top_lr_multiplier", "head_lr_multiplier", "weight_decay", *optional):
             value = getattr(self, name)
-            if value is None and name in ("layer_decay", "max_grad_norm"):
+            if value is None and name in optional:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                none = " or None" if name in ("layer_decay", "max_grad_norm") else ""
+                none = " or None" if name in optional else ""
                 raise bad(name, value, f"must be a number{none} (got {type(value).__name__})")
         for name in ("freeze_embeddings", "cache_frozen"):
             if not isinstance(getattr(self, name), bool):
@@ -92,6 +96,8 @@ class LayerwiseConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise bad(name, value, "learning-rate multipliers must be finite and > 0")
+        if self.loraplus_ratio is not None and not (math.isfinite(self.loraplus_ratio) and self.loraplus_ratio > 0):
+            raise bad("loraplus_ratio", self.loraplus_ratio, "must be finite and > 0 (LoRA+ uses 2-32; None = off)")
         if self.top_k and not 1.0 <= self.top_lr_multiplier <= 20.0:
             warnings.warn(
                 f"LayerwiseConfig.top_lr_multiplier={self.top_lr_multiplier} is outside the usual 1..20 range",
@@ -243,6 +249,8 @@ class LayerwiseArguments:
     unfreeze_unit: str | None = dataclasses.field(default=None, metadata={"help": "'epochs' or 'steps'"})
     cache_frozen: bool = dataclasses.field(default=False, metadata={
         "help": "run the frozen bottom once per example (no dropout there) and train from its cached output"})
+    loraplus_ratio: float | None = dataclasses.field(default=None, metadata={
+        "help": "LoRA+: LoRA B matrices at this multiple of the A matrices' LR (needs --lora_r)"})
 
     def to_config(self, **defaults: Any) -> LayerwiseConfig:
         """The :class:`LayerwiseConfig`; ``defaults`` fill fields the command line left unset.

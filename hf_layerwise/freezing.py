@@ -46,8 +46,8 @@ def set_stage(model: nn.Module, cfg: LayerwiseConfig, layers: LayerMap, stage: i
     """
     num_layers = layers.num_layers
     to_freeze, to_unfreeze, opened = [], [], set()
-    for _, param, depth in layers.named_depths(model):
-        if cfg.is_trainable(depth, num_layers, stage):
+    for name, param, depth in layers.named_depths(model):
+        if cfg.is_trainable(depth, num_layers, stage) and layers.can_train(name):
             if not param.requires_grad:
                 to_unfreeze.append(param)
                 opened.add(depth)
@@ -116,8 +116,8 @@ class GradualUnfreezer:
             return 0
         num_layers = self.layers.num_layers
         self._outside_ddp = {
-            id(p) for _, p, depth in self.layers.named_depths(self.model)
-            if not p.requires_grad and self.cfg.is_trainable(depth, num_layers)
+            id(p) for name, p, depth in self.layers.named_depths(self.model)
+            if not p.requires_grad and self.cfg.is_trainable(depth, num_layers) and self.layers.can_train(name)
         }
         self._hook_new_params()
         return len(self._outside_ddp)

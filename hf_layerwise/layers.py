@@ -1,16 +1,26 @@
-"""Layer discovery: which encoder depth each parameter of a model belongs to.
+"""Layer discovery: which depth each parameter of a model belongs to.
 
-Depth is defined once for the whole package:
+Depth is defined once for the whole package, for encoders and decoder LLMs alike:
 
-* ``0`` — the embeddings, and whatever the encoder shares across all its blocks
-  (relative-position embeddings of DeBERTa/MPNet, ELECTRA's embedding projection);
-* ``1..L`` — the encoder blocks, bottom to top;
-* ``L+1`` — everything after the encoder: pooler, final norm, classification head.
+* ``0`` — the embeddings, and whatever the stack shares across all its blocks
+  (relative-position embeddings of DeBERTa/MPNet, ELECTRA's embedding projection; a decoder's
+  rotary embeddings hold no parameters);
+* ``1..L`` — the blocks, bottom to top;
+* ``L+1`` — everything after the stack: pooler, final norm, classification / score / LM head.
 
 The blocks are found from the module tree and the model config (the ``nn.ModuleList``
 of ``config.num_hidden_layers`` identical blocks), not from one model's parameter names,
-so BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, DeBERTa-v2, MPNet and ModernBERT
-all work without a per-architecture table.
+so BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, DeBERTa-v2, MPNet, ModernBERT and the decoders
+(Llama, Qwen2, Mistral, Gemma, Phi, GPT-2) work without a per-architecture table.
+
+Tied input/output embeddings (``tie_word_embeddings``: one parameter that is both the token embedding
+and the LM head) are one parameter at two depths; it gets the head's depth ``L+1`` (it is what the LM
+head trains) and is listed in :attr:`LayerMap.tied`. A config that freezes the embeddings would then
+freeze the head too, so the optimizer refuses that combination (untie the weights, or keep the
+embeddings training). A PEFT model keeps its depths: adapters take their host module's depth, and the
+base weights the adapter method keeps frozen are in :attr:`LayerMap.adapter_frozen`.
+Models with several stacks (an encoder-decoder such as T5, a vision tower beside a language model) are
+refused with the stacks named: one depth order per stack is not supported.
 """
 
 from __future__ import annotations
@@ -52,10 +62,16 @@ class LayerMap:
     block_path: str
     depths: dict[str, int]
     modules: dict[int, list[str]]
+    tied: tuple[str, ...] = ()  # input embeddings that are also the output head: at depth L+1
+    adapter_frozen: frozenset[str] = frozenset()  # a PEFT model's base weights: never trained, whatever the config
 
     @property
     def head_depth(self) -> int:
         return self.num_layers + 1
+
+    def can_train(self, name: str) -> bool:
+        """False for a parameter the adapter method keeps frozen (a PEFT model's base weights), True otherwise."""
+        return not self.adapter_frozen or strip_wrappers(name) not in self.adapter_frozen
 
     def depth_of(self, name: str) -> int:
         """The depth of the parameter ``name`` as any wrapped or unwrapped form of the model names it.
@@ -131,9 +147,33 @@ def _describe_lists(model: nn.Module, lists: list[tuple[str, nn.Module]]) -> str
     )
 
 
+_OTHER_STACKS = ("vision_config", "audio_config", "text_config", "encoder_config", "decoder_config")
+
+
+def _outermost(lists: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """The lists not nested inside another one of them (a block's own lists, e.g. MoE experts, are not stacks)."""
+    return [(n, m) for n, m in lists if not any(o != n and _within(n, o) for o, _ in lists)]
+
+
+def _refuse_several_stacks(model: nn.Module, candidates: list[tuple[str, nn.Module]]) -> None:
+    config = getattr(model, "config", None)
+    several = bool(getattr(config, "is_encoder_decoder", False)) or any(
+        getattr(config, key, None) is not None for key in _OTHER_STACKS)
+    stacks = _outermost(candidates)
+    if several and len(stacks) > 1:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has {len(stacks)} stacks of blocks: {_describe_lists(model, stacks)} "
+            f"({'an encoder-decoder' if getattr(config, 'is_encoder_decoder', False) else 'several modalities'}). "
+            "hf-layerwise gives depths along one stack (an encoder, or a decoder LLM); one depth order per stack is "
+            "not supported, and mixing them would give blocks of two stacks the same depth. Fine-tune one stack "
+            "alone: the language model of a vision-language model (AutoModelForSequenceClassification / "
+            "AutoModelForCausalLM on its text part), T5EncoderModel for an encoder-decoder's encoder")
+
+
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     lists = _module_lists(model)
     candidates = [(n, m) for n, m in lists if _is_block_list(m)]
+    _refuse_several_stacks(model, candidates)
     expected = _num_layers_from_config(model)
     config = getattr(model, "config", None)
     if expected is not None:
@@ -152,8 +192,9 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         raise UnsupportedModelError(
             f"Could not find the encoder blocks of {type(model).__name__}: looked for an nn.ModuleList{wanted}. "
             f"Module lists found: {_describe_lists(model, lists)}. "
-            "hf_layerwise supports encoder models whose blocks sit in one nn.ModuleList (BERT, RoBERTa, "
-            "DistilBERT, ELECTRA, DeBERTa-v2, MPNet, ModernBERT, ...)."
+            "hf_layerwise supports models whose blocks sit in one nn.ModuleList: encoders (BERT, RoBERTa, "
+            "DistilBERT, ELECTRA, DeBERTa-v2, MPNet, ModernBERT, ...) and decoder LLMs (Llama, Qwen2, Mistral, "
+            "Gemma, Phi, GPT-2, ...)."
         )
     # Several lists of the right length (e.g. an encoder-decoder): take the one holding the most weights.
     name, blocks = max(candidates, key=lambda item: sum(p.numel() for p in item[1].parameters()))
@@ -186,6 +227,16 @@ def _input_embedding_path(model: nn.Module) -> str | None:
     return None
 
 
+def _tied_output_embedding(model: nn.Module) -> nn.Parameter | None:
+    """The input embedding weight when the output head is the same parameter (tied word embeddings), else None."""
+    try:
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    weight = getattr(inp, "weight", None)
+    return weight if weight is not None and getattr(out, "weight", None) is weight else None
+
+
 def _within(path: str, prefix: str) -> bool:
     return prefix == "" or path == prefix or path.startswith(prefix + ".")
 
@@ -201,7 +252,11 @@ def discover_layers(model: nn.Module) -> LayerMap:
     3. an embedding (``nn.Embedding`` or a module path with ``embed`` in it) -> ``0``;
     4. inside the module that holds the block list, when that is not the backbone itself
        (state the encoder shares across blocks, e.g. DeBERTa's ``encoder.LayerNorm``) -> ``0``;
-    5. anything else in the backbone (pooler, final norm) -> ``L + 1``.
+    5. anything else in the backbone (pooler, final norm) -> ``L + 1``;
+    6. input embeddings tied to the output head -> ``L + 1`` (listed in ``tied``).
+
+    A PEFT model's adapter parameters lie inside the modules they adapt and get their depth by these rules; the base
+    weights the adapter method keeps frozen are listed in ``adapter_frozen``.
 
     Example:
         >>> from transformers import BertConfig, BertForSequenceClassification
@@ -213,8 +268,11 @@ def discover_layers(model: nn.Module) -> LayerMap:
 
     Raises:
         UnsupportedModelError: no block list was found (the message lists the module lists that
-            were), or the model shares one block across layers (ALBERT).
+            were), the model shares one block across layers (ALBERT), or it has several stacks
+            (encoder-decoder, vision tower; the message names them).
     """
+    from .adapters import adapter_trained_parameters
+
     root = _unwrap(model)
     block_path, blocks = _find_blocks(root)
     num_layers = len(blocks)
@@ -227,15 +285,24 @@ def discover_layers(model: nn.Module) -> LayerMap:
         for param in block.parameters():
             block_of[id(param)] = index + 1
     embedding_params = {id(p) for m in root.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    tied_weight = _tied_output_embedding(root)
+    trained_by_adapter = adapter_trained_parameters(root)
+    tied: list[str] = []
+    adapter_frozen: set[str] = set()
 
     depths: dict[str, int] = {}
     modules: dict[int, list[str]] = {}
     for raw_name, param in model.named_parameters():
         name = strip_wrappers(raw_name)
         module_path = name.rsplit(".", 1)[0] if "." in name else ""
+        if trained_by_adapter is not None and id(param) not in trained_by_adapter:
+            adapter_frozen.add(name)
         if id(param) in block_of:
             depth = block_of[id(param)]
             module_path = f"{block_path}.{depth - 1}"
+        elif tied_weight is not None and param is tied_weight:
+            depth = num_layers + 1
+            tied.append(name)
         elif not _within(name, backbone):
             depth = num_layers + 1
         elif id(param) in embedding_params or "embed" in module_path.lower():
@@ -248,7 +315,8 @@ def discover_layers(model: nn.Module) -> LayerMap:
         paths = modules.setdefault(depth, [])
         if module_path not in paths:
             paths.append(module_path)
-    return LayerMap(num_layers=num_layers, block_path=block_path, depths=depths, modules=dict(sorted(modules.items())))
+    return LayerMap(num_layers=num_layers, block_path=block_path, depths=depths, modules=dict(sorted(modules.items())),
+                    tied=tuple(tied), adapter_frozen=frozenset(adapter_frozen))
 
 
 def layer_map(model: nn.Module) -> dict[str, int]:

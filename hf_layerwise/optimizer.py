@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapters import is_lora_b
 from .config import LayerwiseConfig
 from .freezing import set_stage
 from .layers import LayerMap, discover_layers
@@ -65,8 +66,28 @@ def _depth_label(depths: list[int]) -> str:
     return "depth" + ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
-def group_name(depths: list[int], decay: bool) -> str:
-    return f"{_depth_label(depths)}.{'decay' if decay else 'no_decay'}"
+def group_name(depths: list[int], decay: bool, lora_b: bool = False) -> str:
+    """``depth0-3,7.decay``; LoRA+'s faster B matrices get their own groups, ``depth4.decay.lora_B``."""
+    return f"{_depth_label(depths)}.{'decay' if decay else 'no_decay'}{'.lora_B' if lora_b else ''}"
+
+
+def check_model_fit(cfg: LayerwiseConfig, layers: LayerMap, model: nn.Module) -> None:
+    """The checks of ``cfg`` that need the model beyond its number of blocks: tied embeddings and LoRA+.
+
+    Raises:
+        ValueError: the config freezes the embeddings while they are tied to the output head (one parameter: the
+            head would be frozen too), or ``loraplus_ratio`` is set on a model without LoRA B matrices.
+    """
+    trained_tied = [n for n in layers.tied if layers.can_train(n)]
+    if trained_tied and cfg.frozen_below(layers.num_layers) >= 0:
+        raise ValueError(
+            f"{type(model).__name__} ties its input embeddings to its output head ({trained_tied[0]} is both), and "
+            "this config freezes the embeddings (freeze_below / freeze_fraction / freeze_embeddings), which would "
+            "freeze the head too. hf-layerwise trains a tied embedding at the head's depth: untie them "
+            "(config.tie_word_embeddings=False before loading) to freeze only the embeddings, or keep them training")
+    if cfg.loraplus_ratio is not None and not any(is_lora_b(n) for n in layers.depths if layers.can_train(n)):
+        raise ValueError(f"LayerwiseConfig.loraplus_ratio={cfg.loraplus_ratio} speeds up LoRA B matrices, and "
+                         f"{type(model).__name__} has none: wrap it with peft (LoraConfig), or set loraplus_ratio=None")
 
 
 def param_groups(
@@ -97,19 +118,21 @@ def param_groups(
     layers = layers or discover_layers(model)
     num_layers = layers.num_layers
     cfg.validate_for(num_layers)
+    check_model_fit(cfg, layers, model)
     no_decay = no_weight_decay_names(model)
 
-    groups: dict[tuple[float, bool, int], dict[str, Any]] = {}
+    groups: dict[tuple[float, bool, int, bool], dict[str, Any]] = {}
     for name, param, depth in layers.named_depths(model):
-        if not cfg.is_trainable(depth, num_layers):
+        if not cfg.is_trainable(depth, num_layers) or not layers.can_train(name):
             continue
-        scale = cfg.lr_multiplier(depth, num_layers)
+        lora_b = cfg.loraplus_ratio is not None and is_lora_b(name)
+        scale = cfg.lr_multiplier(depth, num_layers) * (cfg.loraplus_ratio if lora_b else 1.0)
         decay = name not in no_decay and cfg.weight_decay > 0
         stage = cfg.unfreeze_stage(depth, num_layers)
         group = groups.setdefault(
-            (scale, decay, stage),
+            (scale, decay, stage, lora_b),
             {"params": [], "lr": lr * scale, "weight_decay": cfg.weight_decay if decay else 0.0,
-             "lr_scale": scale, "depths": [], "unfreeze_stage": stage, "decay": decay},
+             "lr_scale": scale, "depths": [], "unfreeze_stage": stage, "decay": decay, "lora_b": lora_b},
         )
         group["params"].append(param)
         if depth not in group["depths"]:
@@ -120,10 +143,10 @@ def param_groups(
             f"{cfg.frozen_below(num_layers)} of {num_layers} blocks and no parameters after the encoder): "
             "nothing would train; lower freeze_below"
         )
-    ordered = sorted(groups.values(), key=lambda g: (min(g["depths"]), not g["decay"]))
+    ordered = sorted(groups.values(), key=lambda g: (min(g["depths"]), g["lora_b"], not g["decay"]))
     for group in ordered:
         group["depths"].sort()
-        group["name"] = group_name(group["depths"], group.pop("decay"))
+        group["name"] = group_name(group["depths"], group.pop("decay"), group["lora_b"])
     return ordered
 
 
@@ -155,7 +178,8 @@ def create_optimizer(
     layers = layers or discover_layers(model)
     groups = param_groups(model, cfg, lr, layers=layers)
     hand = [name for name, param, depth in layers.named_depths(model)
-            if not param.requires_grad and cfg.is_trainable(depth, layers.num_layers, stage)]
+            if not param.requires_grad and cfg.is_trainable(depth, layers.num_layers, stage)
+            and layers.can_train(name)]
     if hand:  # the config decides what trains: say so rather than undo the user's freezing silently
         warnings.warn(f"create_optimizer: {len(hand)} parameter(s) had requires_grad=False but the layer-wise config "
                       f"trains them, so they are unfrozen: {', '.join(hand[:5])}{' ...' if len(hand) > 5 else ''}. "

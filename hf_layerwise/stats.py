@@ -26,6 +26,8 @@ def lr_by_depth(optimizer: torch.optim.Optimizer) -> dict[int, float]:
     optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
     lrs: dict[int, float] = {}
     for group in optimizer.param_groups:
+        if group.get("lora_b"):
+            continue  # LoRA+: a depth's B matrices train at loraplus_ratio x its LR, which is the one reported
         lr = group["lr"]
         lr = lr.item() if torch.is_tensor(lr) else float(lr)
         for depth in group.get("depths", ()):
