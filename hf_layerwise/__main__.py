@@ -7,6 +7,9 @@ model folder or a hub name (offline, a local folder).
 ``--lr-find OUTPUT_DIR/lr_find.json`` (from ``recipes/lr_find.py`` or a ``--learning_rate auto`` run) adds the
 multiplier each scan suggests for the depths it swept.
 
+``--lora-r R [--lora-target-modules q_proj,v_proj]`` wraps the model with PEFT LoRA adapters first (as the recipes'
+``--lora_r``): the table then counts what trains (adapters and the head) and has an ``adapters`` column.
+
 ``python -m hf_layerwise report RUN_DIR`` renders the health log of a run (PNG plots and report.html).
 """
 
@@ -24,7 +27,7 @@ from transformers import HfArgumentParser
 from .config import LayerwiseArguments, LayerwiseConfig
 from .errors import DEBUG_ENV, UsageError, one_line, run_cli, usage_errors
 from .layers import discover_layers
-from .optimizer import no_weight_decay_names
+from .optimizer import check_model_fit, no_weight_decay_names
 
 
 def scan_suggestions(lr_find: dict) -> tuple[str, dict[int, list[str]]]:
@@ -50,10 +53,12 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig, lr_find: dict | None 
     """
     layers = discover_layers(model)
     cfg.validate_for(layers.num_layers)
+    check_model_fit(cfg, layers, model)
     no_decay = no_weight_decay_names(model)
     L = layers.num_layers
     base_line, scans = scan_suggestions(lr_find) if lr_find is not None else ("", {})
-    rows = [("depth", "modules", "params", "lr x", "weight decay", "frozen")
+    adapters = bool(layers.adapter_frozen)
+    rows = [("depth", "modules", "params", "lr x", "weight decay", "frozen") + (("adapters",) if adapters else ())
             + (("scan suggests",) if lr_find is not None else ())]
     total = trainable = 0
     by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
@@ -61,12 +66,15 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig, lr_find: dict | None 
         by_depth.setdefault(depth, []).append((name, param))
     for depth, paths in layers.modules.items():
         count = sum(p.numel() for _, p in by_depth[depth])
-        decayed = sum(p.numel() for n, p in by_depth[depth] if n not in no_decay)
+        own = [(n, p) for n, p in by_depth[depth] if layers.can_train(n)]  # what may train (PEFT: adapters, head)
+        decayed = sum(p.numel() for n, p in own if n not in no_decay)
         total += count
-        if not cfg.is_trainable(depth, L):
+        if not own:
+            frozen, lr, wd = "yes (base weights)", "-", "-"
+        elif not cfg.is_trainable(depth, L):
             frozen, lr, wd = "yes", "-", "-"
         else:
-            trainable += count
+            trainable += sum(p.numel() for _, p in own)
             stage = cfg.unfreeze_stage(depth, L)
             frozen = f"until stage {stage}" if stage else "no"
             lr = f"{cfg.lr_multiplier(depth, L):.4g}"
@@ -74,12 +82,15 @@ def describe_table(model: nn.Module, cfg: LayerwiseConfig, lr_find: dict | None 
         shown = paths if len(paths) <= 2 else [paths[0], f"... +{len(paths) - 1} more"]
         label = {0: "0 (embeddings)", L + 1: f"{L + 1} (head)"}.get(depth, str(depth))
         rows.append((label, ", ".join(shown), f"{count:,}", lr, wd, frozen)
+                    + ((f"{sum(p.numel() for _, p in own):,}",) if adapters else ())
                     + ((", ".join(scans.get(depth, ["-"])),) if lr_find is not None else ()))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"\n{type(model).__name__}: {L} blocks in {layers.block_path}; "
                  f"trainable {trainable:,} of {total:,} parameters")
+    if cfg.loraplus_ratio is not None:
+        lines.append(f"LoRA+: the LoRA B matrices train at {cfg.loraplus_ratio:g} x their depth's lr")
     if base_line:
         lines.append(base_line)
     return "\n".join(lines)
@@ -112,6 +123,9 @@ def _main(argv: list[str]) -> int:
     describe.add_argument("model", help="local model folder or hub name")
     describe.add_argument("--num-labels", type=int, default=2)
     describe.add_argument("--lr-find", help="a lr_find.json (recipes/lr_find.py): show the multipliers its scans suggest")
+    describe.add_argument("--lora-r", type=int, help="wrap the model with PEFT LoRA adapters of this rank first")
+    describe.add_argument("--lora-target-modules", help="with --lora-r: comma-separated module names (default: "
+                          "PEFT's choice for the architecture)")
     report = sub.add_parser("report", help="plots and an HTML page from a run's health.jsonl")
     report.add_argument("run_dir")
     for parser in (describe, report):
@@ -144,10 +158,29 @@ def _main(argv: list[str]) -> int:
         except (OSError, ValueError) as err:
             raise UsageError(f"--lr-find {known.lr_find}: not a lr_find.json of recipes/lr_find.py ({one_line(err)})"
                              ) from None
+    if known.lora_target_modules is not None and known.lora_r is None:
+        raise UsageError("--lora-target-modules applies only with --lora-r: add --lora-r R, or drop it")
+    if known.lora_r is not None and known.lora_r < 1:
+        raise UsageError(f"--lora-r {known.lora_r}: the LoRA rank must be an integer >= 1")
     model = _load(known.model, known.num_labels)
+    if known.lora_r is not None:
+        model = _with_lora(model, known.lora_r, known.lora_target_modules)
     with usage_errors(known.model):
         print(describe_table(model, cfg, lr_find))
     return 0
+
+
+def _with_lora(model: nn.Module, r: int, targets: str | None) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UsageError("--lora-r needs the peft package: pip install 'hf-layerwise[peft]'") from None
+    modules = None if targets is None else [m.strip() for m in targets.split(",") if m.strip()]
+    try:
+        return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, task_type="SEQ_CLS"))
+    except (ValueError, KeyError) as err:
+        raise UsageError(f"--lora-r {r}: PEFT cannot place LoRA adapters on {type(model).__name__}: "
+                         f"{one_line(err)[:200]}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -153,3 +153,28 @@ def write_glue_task(root: str, task: str, n_train: int = 64, n_dev: int = 24, se
         with open(os.path.join(folder, filename), "w", encoding="utf-8", newline="") as f:
             f.write("\n".join(lines) + ("" if spec.name == "cola" else "\n"))  # CoLA dev has no final newline
     return folder
+
+
+def make_decoder_dir(path: str, arch: str = "llama", seed: int = 0, layers: int = 4, dropout: float = 0.1,
+                     tie: bool = False) -> str:
+    """A tiny random decoder LLM (``*ForCausalLM`` weights, as a pretrained decoder is shipped) with a word-level
+    tokenizer that has an end-of-sequence token and no padding token (like Llama's and GPT-2's), saved to ``path``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    os.makedirs(path, exist_ok=True)
+    vocab = {tok: i for i, tok in enumerate(["<unk>", "<s>", "</s>"] + WORDS + ['"', ".", ","])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    T.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                              eos_token="</s>").save_pretrained(path)
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(vocab), bos_token_id=1, eos_token_id=2, tie_word_embeddings=tie)
+    if arch == "gpt2":
+        config = T.GPT2Config(n_embd=32, n_layer=layers, n_head=2, n_positions=128, resid_pdrop=dropout,
+                              embd_pdrop=dropout, attn_pdrop=dropout, **common)
+    else:
+        config = {"llama": T.LlamaConfig, "qwen2": T.Qwen2Config, "mistral": T.MistralConfig}[arch](
+            hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, attention_dropout=dropout, **common)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path

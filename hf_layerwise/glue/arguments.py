@@ -44,6 +44,39 @@ class ModelArguments:
     tokenizer_name: str | None = field(default=None, metadata={"help": "defaults to model_name_or_path"})
     ignore_mismatched_sizes: bool = field(default=False, metadata={
         "help": "a saved classification head of another size is replaced by a new one (as in run_glue)"})
+    lora_r: int | None = field(default=None, metadata={
+        "help": "train PEFT LoRA adapters of this rank (and the classification head) instead of the whole model; the "
+                "layer-wise options then apply to the adapters (pip install 'hf-layerwise[peft]')"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "with --lora_r: LoRA's alpha (default 2 x r)"})
+    lora_dropout: float | None = field(default=None, metadata={
+        "help": "with --lora_r: dropout on the adapters' input (default 0.05)"})
+    lora_target_modules: str | None = field(default=None, metadata={
+        "help": "with --lora_r: comma-separated names of the modules to adapt, e.g. q_proj,v_proj (default: PEFT's "
+                "choice for the architecture)"})
+
+    def __post_init__(self) -> None:
+        if self.lora_r is None:
+            given = [f"--{k}" for k in ("lora_alpha", "lora_dropout", "lora_target_modules")
+                     if getattr(self, k) is not None]
+            if given:
+                raise UsageError(f"{given[0]} applies only with --lora_r (LoRA adapters): add --lora_r R, or drop it")
+            return
+        if self.lora_r < 1:
+            raise UsageError(f"--lora_r {self.lora_r}: the LoRA rank must be an integer >= 1 (typically 4-64)")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise UsageError(f"--lora_alpha {self.lora_alpha}: must be a finite number > 0")
+        if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
+            raise UsageError(f"--lora_dropout {self.lora_dropout}: must be in [0, 1)")
+        if self.lora_target_modules is not None and not self.target_modules:
+            raise UsageError(f"--lora_target_modules {self.lora_target_modules!r}: no module names; give them "
+                             "comma-separated, e.g. q_proj,v_proj (or leave it out for PEFT's default)")
+
+    @property
+    def target_modules(self) -> list[str] | None:
+        """``--lora_target_modules`` as a list (None: PEFT's default for the architecture)."""
+        if self.lora_target_modules is None:
+            return None
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
 
 @dataclass
@@ -355,6 +388,12 @@ def parse_args(argv: Sequence[str] | None = None, range_tests: bool = False) -> 
     auto = train.learning_rate == "auto" or auto_top or range_tests  # range_tests: recipes/lr_find.py
     train.resolve(regression=get_task(data.task_name).is_regression, auto=auto,
                   cache_frozen=cfg.cache_frozen)
+    if cfg.loraplus_ratio is not None and model.lora_r is None:
+        raise UsageError(f"--loraplus_ratio {cfg.loraplus_ratio} speeds up LoRA's B matrices, and there are none "
+                         "without --lora_r: add --lora_r R, or drop --loraplus_ratio")
+    if model.lora_r is not None and cfg.cache_frozen:
+        raise UsageError("--cache_frozen with --lora_r: the frozen-feature cache replays the plain model's frozen "
+                         "bottom, not an adapted one; drop one of them (LoRA already trains few parameters)")
     if (train.learning_rate == "auto" or auto_top) and cfg.unfreeze_every:
         raise UsageError("--learning_rate/--top_lr_multiplier auto with gradual unfreezing: the range test would see "
                          "only the head training; pass numbers, or drop --unfreeze_every")

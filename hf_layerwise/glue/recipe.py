@@ -230,10 +230,15 @@ def load_tokenizer(args: RecipeArguments, config: Any) -> Any:
         raise UsageError(f"{flag} {name}: its vocabulary has {len(tokenizer)} tokens but the embeddings of "
                          f"{args.model.model_name_or_path} have {rows} rows: token ids >= {rows} would fail; use the "
                          "model's own tokenizer (or one with at most that many tokens)")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # a decoder's tokenizer (Llama, GPT-2): pad with the end-of-sequence token, as transformers' run_glue does;
+        # the classification head finds each example's last real token through the attention mask / pad id
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.warning("the tokenizer has no padding token: padding with its end-of-sequence token %r (as "
+                       "transformers' run_glue does for decoders)", tokenizer.eos_token)
     if tokenizer.pad_token is None:
-        raise UsageError(f"{flag} {name}: the tokenizer has no padding token, which batching needs (a decoder "
-                         "model? hf-layerwise's recipes fine-tune encoders such as BERT; decoders are not supported "
-                         "yet)")
+        raise UsageError(f"{flag} {name}: the tokenizer has neither a padding nor an end-of-sequence token, and "
+                         "batching needs one to pad with; use a tokenizer that has one")
     return tokenizer
 
 
@@ -272,6 +277,32 @@ def load_model(args: RecipeArguments, config: Any, train_labels: list, pad_token
     if args.train.head_bias_init == "prior" and not task.is_regression:
         with usage_errors("--head_bias_init prior"):
             init_head_bias_prior(model, train_labels, task.num_labels)
+    return apply_lora(args, model)
+
+
+def apply_lora(args: RecipeArguments, model: nn.Module) -> nn.Module:
+    """``--lora_r``: the model wrapped by PEFT with LoRA adapters (the classification head trained whole, as PEFT's
+    ``SEQ_CLS`` task does); ``model`` itself without the option."""
+    m = args.model
+    if m.lora_r is None:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UsageError("--lora_r needs the peft package: pip install 'hf-layerwise[peft]'") from None
+    config = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha if m.lora_alpha is not None else 2 * m.lora_r,
+                        lora_dropout=m.lora_dropout if m.lora_dropout is not None else 0.05,
+                        target_modules=m.target_modules, task_type="SEQ_CLS")
+    try:
+        model = get_peft_model(model, config)
+    except (ValueError, KeyError) as err:  # target modules not found, or no default for this architecture
+        flag = "--lora_target_modules" if m.target_modules else "--lora_r (PEFT's default target modules)"
+        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, nn.Linear)})
+        raise UsageError(f"{flag}: PEFT cannot place LoRA adapters on {type(model).__name__}: {one_line(err)[:200]}; "
+                         f"its linear modules are named {', '.join(linear[:12])}") from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %s trainable parameters", config.r, config.lora_alpha,
+                config.lora_dropout, sorted(config.target_modules), f"{trainable:,}")
     return model
 
 
