@@ -1,7 +1,8 @@
 """The layer map and everything built on it (groups, no-decay, freezing, per-depth norms and LRs, the health monitor)
 on wrapped models: DDP, FSDP1 (use_orig_params=True) and FSDP2 on 2 CPU processes (gloo), activation checkpointing and
 torch.compile in one process. Each trains preset top3x5-freeze (bottom half frozen) and must end where the unwrapped
-run ends (dropout off: 1 and N processes draw different dropout masks)."""
+run ends (dropout off: 1 and N processes draw different dropout masks). The same on a tiny Llama with PEFT LoRA adapters
+(layer-wise rates, LoRA+, block 1's adapters frozen) under DDP, FSDP1 and FSDP2."""
 
 import os
 import socket
@@ -153,3 +154,41 @@ def test_sharded_checkpoint_layouts_are_recognised(tmp_path, layout):
     with open(shard / next(p.name for p in shard.iterdir()), "r+b") as f:
         f.truncate(30)
     assert "is truncated or damaged" in checkpoint_problem(str(folder))
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tmp_path_factory):
+    """The same runs on a tiny Llama with PEFT LoRA (wrapped_run.py with WRAPPED_MODEL=lora-llama)."""
+    pytest.importorskip("peft")
+    out = tmp_path_factory.mktemp("wrapped_lora")
+    env = {**ENV, "WRAPPED_MODEL": "lora-llama"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = os.path.join(HERE, "wrapped_run.py")
+    one = subprocess.Popen([sys.executable, script, str(out), "none"], env=env, stderr=subprocess.PIPE, text=True)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), script, str(out), "ddp", "fsdp1", "fsdp2"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    _, err = one.communicate(timeout=600)
+    assert one.returncode == 0, err[-4000:]
+    assert two.returncode == 0, two.stderr[-4000:]
+    return {how: torch.load(out / f"{how}.pt") for how in ("none", "ddp", "fsdp1", "fsdp2")}
+
+
+@pytest.mark.parametrize("how", ["ddp", "fsdp1", "fsdp2"])
+def test_lora_on_a_decoder_under_ddp_and_fsdp_matches_one_process(lora_runs, how):
+    """LoRA adapters with layer-wise rates and LoRA+ on 2 gloo processes end where one process ends; the base weights
+    and block 1's adapters hold no optimizer state."""
+    ref, run = lora_runs["none"], lora_runs[how]
+    assert ref["groups"] == [("depth2,5.decay", 1.0), ("depth2.decay.lora_B", 4.0), ("depth3-4.decay", 5.0),
+                             ("depth3-4.decay.lora_B", 20.0)]
+    assert ref["lrs"][0] == {2: wrapped_run.LR, 3: 5 * wrapped_run.LR, 4: 5 * wrapped_run.LR, 5: wrapped_run.LR}
+    assert any(".layers.0.self_attn.q_proj.lora_A." in n for n in ref["frozen"])  # block 1's adapters frozen
+    assert run["weights"].keys() == ref["weights"].keys()
+    assert max((run["weights"][k] - ref["weights"][k]).abs().max().item() for k in ref["weights"]) <= 1e-5
+    assert run["frozen"] == ref["frozen"] and run["groups"] == ref["groups"] and run["lrs"] == ref["lrs"]
+    assert run["state_for_frozen"] == 0 and run["state_for_trainable"] > 0
+    for got, want in zip(run["norms"], ref["norms"]):
+        assert got.keys() == want.keys() == {2, 3, 4, 5}
+        assert all(got[d] == pytest.approx(want[d], rel=1e-4) for d in want)

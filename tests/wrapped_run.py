@@ -1,5 +1,6 @@
 """Train a tiny BERT with preset top3x5-freeze under a wrapper, through the library alone (no accelerate, which
-refuses FSDP without a GPU): used by tests/test_wrapped_models.py.
+refuses FSDP without a GPU): used by tests/test_wrapped_models.py. With ``WRAPPED_MODEL=lora-llama``: a tiny Llama with
+PEFT LoRA adapters (r=4 on q/v, score head whole), adapters of block 1 frozen, top 2 blocks at 5x, LoRA+ ratio 4.
 
     python tests/wrapped_run.py OUT none ckpt compile                    # one process, in turn
     torchrun --nproc_per_node 2 tests/wrapped_run.py OUT ddp fsdp1 fsdp2   # 2 CPU processes (gloo), in turn
@@ -18,18 +19,27 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from conftest import tiny_model  # noqa: E402
+from conftest import tiny_lora, tiny_model  # noqa: E402
 
 from hf_layerwise import (DepthGradNorms, HealthConfig, HealthMonitor, LayerwiseConfig, create_optimizer,  # noqa: E402
                           discover_layers, lr_by_depth, set_stage)
 from hf_layerwise.layers import strip_wrappers  # noqa: E402
 
 STEPS, GLOBAL_BATCH, LR = 6, 8, 1e-3
-CFG = LayerwiseConfig.preset("top3x5-freeze", top_k=2)  # 4 blocks: embeddings and blocks 1-2 frozen, 3-4 at 5x
+LORA = os.environ.get("WRAPPED_MODEL", "bert") == "lora-llama"
+CFG = (LayerwiseConfig(top_k=2, top_lr_multiplier=5.0, freeze_below=1, loraplus_ratio=4.0) if LORA
+       else LayerwiseConfig.preset("top3x5-freeze", top_k=2))  # 4 blocks: embeddings and blocks 1-2 frozen, 3-4 at 5x
+
+
+def _model() -> torch.nn.Module:
+    if LORA:
+        return tiny_lora("llama")  # attention_dropout 0 (Llama's default), lora_dropout 0
+    return tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def _wrap(model: torch.nn.Module, how: str) -> torch.nn.Module:
-    from transformers.models.bert.modeling_bert import BertLayer
+    blocks = discover_layers(model).blocks(model)
+    block_type = type(blocks[0])
 
     if how == "ddp":
         return torch.nn.parallel.DistributedDataParallel(model)
@@ -37,18 +47,18 @@ def _wrap(model: torch.nn.Module, how: str) -> torch.nn.Module:
         from torch.distributed.fsdp import FullyShardedDataParallel
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-        return FullyShardedDataParallel(model, use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({BertLayer}),
+        return FullyShardedDataParallel(model, use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({block_type}),
                                         device_id=torch.device("cpu"))
     if how == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.bert.encoder.layer:
+        for block in blocks:
             fully_shard(block)
         return fully_shard(model)
     if how == "ckpt":
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, BertLayer))
+        apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, block_type))
         return model
     if how == "compile":
         return torch.compile(model, backend="eager")
@@ -67,7 +77,7 @@ def _full_weights(model: torch.nn.Module, how: str) -> dict[str, torch.Tensor]:
 
 def train(how: str, out: str) -> None:
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    model = tiny_model("bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = _model()
     set_stage(model, CFG, discover_layers(model), stage=0)  # freeze before wrapping, as accelerate's prepare does
     model = _wrap(model, how)
     layers = discover_layers(model)  # the wrapped model's map: canonical names, the same depths
