@@ -1,12 +1,17 @@
 """The GLUE recipes on decoder LLMs (issue 28): a tiny random Llama / GPT-2 with a tokenizer that has no padding
 token (padded with its end-of-sequence token, as run_glue does), LoRA adapters with layer-wise rates and LoRA+, and
-the frozen-feature cache on a decoder's frozen bottom (the same weights as the uncached run, dropout off)."""
+the frozen-feature cache on a decoder's frozen bottom (the same weights as the uncached run, dropout off), resume of a
+LoRA run (dropout on) on 1 and 2 processes, and describe's depth table of a decoder with adapters."""
 
 import json
+import os
+import shutil
 
 import pytest
-from glue_fixtures import launch_together, make_decoder_dir, write_glue_task
+from glue_fixtures import launch_together, make_decoder_dir, start, write_glue_task
 from safetensors.torch import load_file
+
+from hf_layerwise.glue.run_dir import MANIFEST
 
 pytest.importorskip("peft")
 
@@ -83,3 +88,45 @@ def test_describe_prints_the_depth_table_of_a_decoder_with_adapters(setup, capsy
     assert rows["3"].split()[2:4] == ["9,728", "5"] and rows["3"].endswith("448")  # top-2 block: 5x, 448 adapter params
     assert "adapters" in out.splitlines()[0] and "LoRA+: the LoRA B matrices train at 8 x" in out
     assert "PeftModelForSequenceClassification: 4 blocks" in out
+
+
+def _resume_args(setup, out, **extra):
+    return _args(setup, out, lora_r="4", lora_dropout="0.1", loraplus_ratio="4", freeze_below="1",
+                 checkpointing_steps="6", logging_steps="5", save_model=True, **extra)
+
+
+def _resumed_copy(straight, checkpoint, resumed, args, recipe="glue.py", nproc=1):
+    os.makedirs(resumed)
+    shutil.copytree(straight / checkpoint, resumed / checkpoint)
+    shutil.copy(straight / MANIFEST, resumed)  # the folder as a kill after that checkpoint leaves it
+    out_at = args.index("--output_dir") + 1
+    argv = [*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"]
+    return start(recipe, [*argv, "--cpu"] if nproc > 1 else argv, nproc)
+
+
+def _same_run(straight, resumed):
+    a = load_file(str(straight / "model" / "adapter_model.safetensors"))
+    b = load_file(str(resumed / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and any("lora_B" in k for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    ra, rb = _results(straight), _results(resumed)
+    assert rb["resumed_from"] and rb["metrics"] == ra["metrics"] and rb["history"] == ra["history"]
+    assert [(h["step"], h["loss"]) for h in rb["log_history"]] == [(h["step"], h["loss"]) for h in ra["log_history"]]
+
+
+def test_lora_resume_equals_the_uninterrupted_run_with_dropout_on(setup, tmp_path):
+    """Model dropout 0.1 and LoRA dropout 0.1: a run resumed from a mid-epoch checkpoint (1 process, and 2
+    processes) trains the uninterrupted run's adapters (1e-6) with the same losses and evaluations."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    runs = [start("glue.py", _resume_args(setup, one)),
+            start("glue.py", [*_resume_args(setup, two, per_device_train_batch_size="4"), "--cpu"], 2)]
+    for run in runs:
+        run.wait()
+    resumed = [_resumed_copy(one, "step_6", tmp_path / "one_resumed", _resume_args(setup, one)),
+               _resumed_copy(two, "step_6", tmp_path / "two_resumed",
+                             _resume_args(setup, two, per_device_train_batch_size="4"), nproc=2)]
+    for run in resumed:
+        run.wait()
+    _same_run(one, tmp_path / "one_resumed")
+    _same_run(two, tmp_path / "two_resumed")
+    assert _results(two)["num_processes"] == 2
