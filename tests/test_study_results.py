@@ -34,3 +34,14 @@ def test_readme_study_table_is_the_committed_summary():
     assert len(table) >= 4 and table[0].startswith("| cell |")
     missing = [line for line in table if line not in summary_lines]
     assert not missing, f"README.md's study table is not in results/minilm/summary.md (copy it again): {missing}"
+
+
+def test_lr_rules_table_is_recomputed_from_the_committed_runs():
+    """results/minilm/lr_rules.md (issue 26: LR-finder rules scored against the fixed-LR grid) is what
+    results/minilm/lr_rules.py computes from the committed curves and runs."""
+    sys.path.insert(0, STUDY)
+    import lr_rules
+
+    with open(os.path.join(STUDY, "lr_rules.md")) as f:
+        assert lr_rules.markdown(lr_rules.evaluate(STUDY)) == f.read(), (
+            "results/minilm/lr_rules.md is stale: run `python results/minilm/lr_rules.py > results/minilm/lr_rules.md`")

@@ -1,0 +1,302 @@
+"""Issue 26: LR-finder rules scored offline against the fixed-LR grid, without training.
+
+    python results/minilm/lr_rules.py                 # prints the markdown tables (results/minilm/lr_rules.md)
+    python results/minilm/lr_rules.py --json out.json # the numbers behind them
+
+What it reads (all committed in this folder):
+- the curves: every ``<task>/lr-auto/seed<k>/lr_find.json`` (the range test of issue 15: 40 steps, 1e-6 .. 1e-1,
+  one training batch per step, raw and smoothed losses recorded);
+- the grid: the one-LR, nothing-frozen runs of the study's settings at 2e-5 (``baseline``), 5e-5 (``uniform-2.5x``),
+  1e-4 (``uniform-5x``), 2e-4 (``uniform-10x``), plus ``lr-auto``'s own runs (same shape, trained at the valley pick
+  of the same seed's curve: a real point above the grid where the pick was above it).
+
+A rule is a function of the recorded curve; a curve without a usable valley (``analyse_curve``: the centred loss falls
+by less than 5%) trains at the fallback, 2e-5, whatever the rule, as the recipes do. A pick for (task, seed) is scored by the seed's own grid: the main
+metric at that LR, interpolated linearly in log LR between the seed's two nearest measured LRs. A pick outside the
+measured LRs of that seed has no score and is counted under ``outside``. ``vs best`` is the seed-paired difference to
+the best fixed grid LR of the task (best = highest mean over the seeds), its mean and 95% t interval over seeds; the
+four-task row averages the tasks per seed first. A pick above 2e-4 is counted under ``> 2e-4`` (the grid's top;
+every collapse of issue 15 was at >= 2.7e-4).
+
+Smoothing: ``smoothed`` is the recorded debiased EMA (beta 0.98^(100/steps) = 0.951 here); ``centred`` is a centred
+moving mean of the raw losses over +-h steps (h = a quarter decade: 2 steps at 8 steps per decade), which has no lag.
+The lag table measures how far right the EMA moves the curve's features (valley and minimum) against ``centred``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "recipes"))
+
+from ablate import t_quantile_975  # noqa: E402
+from hf_layerwise.glue.arguments import LR_FIND_FALLBACK  # noqa: E402
+from hf_layerwise.lr_finder import CAP_DIVISOR, _valley, analyse_curve, centred_losses  # noqa: E402
+
+TASKS = ("cola", "mrpc", "rte", "stsb")
+GRID = {"baseline": 2e-5, "uniform-2.5x": 5e-5, "uniform-5x": 1e-4, "uniform-10x": 2e-4}
+GRID_TOP = max(GRID.values())
+CURVE_CELL = "lr-auto"
+SEEDS = (1, 2, 3)
+
+
+# ------------------------------------------------------------------------------------------------- the rules
+def _steps_per_decade(values: Sequence[float]) -> float:
+    return (len(values) - 1) / math.log10(values[-1] / values[0])
+
+
+def _skip(values: Sequence[float]) -> int:
+    return min(len(values) // 10, 5)  # the shipped finder's skip_start
+
+
+def _valley_of(values: Sequence[float], losses: Sequence[float]) -> float:
+    k = _skip(values)
+    return float(values[k + _valley(values[k:], losses[k:])[2]])
+
+
+def _min_of(values: Sequence[float], losses: Sequence[float]) -> float:
+    k = _skip(values)
+    return float(values[k + int(np.argmin(losses[k:]))])
+
+
+def _steep_of(values: Sequence[float], losses: Sequence[float]) -> float:
+    k = _skip(values)
+    v, lo = np.asarray(values[k:]), np.asarray(losses[k:])
+    return float(v[int(np.argmin(np.diff(lo) / np.diff(np.log(v))))])
+
+
+def _capped(v: list, raw: list, k: float) -> float:
+    """The centred valley, capped at the centred minimum's LR / k."""
+    return min(_valley_of(v, centred_losses(v, raw)), _min_of(v, centred_losses(v, raw)) / k)
+
+
+def _to(v: list, raw: list, top: float) -> tuple[list, list]:
+    """The curve a test ending at ``top`` would have recorded: the same steps (8 per decade from 1e-6), cut there."""
+    n = sum(x <= top * (1 + 1e-9) for x in v)
+    return v[:n], raw[:n]
+
+
+def _library(v: list, raw: list, sm: list, top: float | None = None) -> float | None:
+    """What hf_layerwise picks now (``analyse_curve``: the default rule and cap), on the curve cut at ``top``."""
+    if top is not None:
+        v, raw = _to(v, raw, top)
+        sm = sm[:len(v)]  # (the EMA rules are not used: the default rule reads the raw losses)
+    read = analyse_curve(v, raw, sm)
+    pick = read["suggestions"]["centred_valley"]
+    return None if pick is None else min(pick, read["cap"])
+
+
+Rule = Callable[[list, list, list], "float | None"]
+RULES: dict[str, Rule] = {
+    "valley, EMA (issue 15's default)": lambda v, raw, sm: _valley_of(v, sm),
+    "valley, EMA / 3": lambda v, raw, sm: _valley_of(v, sm) / 3,
+    "valley, EMA / 10": lambda v, raw, sm: _valley_of(v, sm) / 10,
+    "minimum, EMA / 10": lambda v, raw, sm: _min_of(v, sm) / 10,
+    "steep, EMA": lambda v, raw, sm: _steep_of(v, sm),
+    "valley, raw loss": lambda v, raw, sm: _valley_of(v, raw),
+    "valley, centred": lambda v, raw, sm: _valley_of(v, centred_losses(v, raw)),
+    "minimum, centred / 10": lambda v, raw, sm: _min_of(v, centred_losses(v, raw)) / 10,
+    "steep, centred": lambda v, raw, sm: _steep_of(v, centred_losses(v, raw)),
+    "valley, centred, cap minimum / 2": lambda v, raw, sm: _capped(v, raw, 2),
+    "valley, centred, cap minimum / 3": lambda v, raw, sm: _capped(v, raw, 3),
+    "valley, centred, cap minimum / 5": lambda v, raw, sm: _capped(v, raw, 5),
+    "valley, centred, cap minimum / 10": lambda v, raw, sm: _capped(v, raw, 10),
+    f"hf_layerwise default (cap / {CAP_DIVISOR:g}), range 1e-6..1e-1": _library,
+    f"hf_layerwise default (cap / {CAP_DIVISOR:g}), range 1e-6..1e-2": lambda v, raw, sm: _library(v, raw, sm, 1e-2),
+}
+
+
+# ------------------------------------------------------------------------------------------------- the data
+def _load(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _one_lr_nothing_frozen(result: dict) -> bool:
+    lw = result.get("layerwise", {})
+    return (lw.get("top_k") == 0 and lw.get("freeze_below") == 0 and lw.get("layer_decay") is None
+            and not lw.get("freeze_embeddings") and lw.get("head_lr_multiplier", 1.0) == 1.0
+            and lw.get("unfreeze_every", 0) == 0)
+
+
+def load_grid(out: str) -> dict[str, dict[int, dict[float, float]]]:
+    """{task: {seed: {lr: main metric x100}}} from the grid cells and lr-auto's own runs."""
+    grid: dict[str, dict[int, dict[float, float]]] = {}
+    for task in TASKS:
+        for cell in (*GRID, CURVE_CELL):
+            for seed in SEEDS:
+                r = _load(os.path.join(out, task, cell, f"seed{seed}", "results.json"))
+                if r is None or "metrics" not in r or not _one_lr_nothing_frozen(r):
+                    continue
+                if cell == CURVE_CELL:
+                    if (r.get("lr_find") or {}).get("fallback"):
+                        continue  # trained at 2e-5: the baseline run already is that point
+                    lr = float(r["lr_find"]["learning_rate"])
+                else:
+                    lr = float(r["config"]["train"]["learning_rate"])
+                    if not math.isclose(lr, GRID[cell], rel_tol=1e-6):
+                        raise SystemExit(f"{task}/{cell}/seed{seed}: trained at {lr}, expected {GRID[cell]}")
+                grid.setdefault(task, {}).setdefault(seed, {})[lr] = 100 * r["metrics"][r["main_metric"]]
+    return grid
+
+
+def load_curves(out: str) -> dict[str, dict[int, dict]]:
+    curves: dict[str, dict[int, dict]] = {}
+    for task in TASKS:
+        for seed in SEEDS:
+            d = _load(os.path.join(out, task, CURVE_CELL, f"seed{seed}", "lr_find.json"))
+            if d is not None:
+                curves.setdefault(task, {})[seed] = d["tests"][0]
+    return curves
+
+
+def score_at(points: dict[float, float], lr: float) -> float | None:
+    """The metric at ``lr`` from one seed's measured LRs, linear in log LR; None outside them."""
+    lrs = sorted(points)
+    if not lrs or lr < lrs[0] * (1 - 1e-9) or lr > lrs[-1] * (1 + 1e-9):
+        return None
+    for lo, hi in zip(lrs, lrs[1:]):
+        if lo <= lr <= hi:
+            w = math.log(lr / lo) / math.log(hi / lo)
+            return (1 - w) * points[lo] + w * points[hi]
+    return points[lrs[0]]
+
+
+# ------------------------------------------------------------------------------------------------- the tables
+def _ci(diffs: list[float]) -> str:
+    if not diffs:
+        return "—"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f} (n=1)"
+    m = statistics.mean(diffs)
+    half = t_quantile_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}] (n={len(diffs)})"
+
+
+def evaluate(out: str) -> dict:
+    grid, curves = load_grid(out), load_curves(out)
+    best: dict[str, float] = {}
+    fixed: dict[str, dict[float, list[float]]] = {}
+    for task, seeds in grid.items():
+        for lr in GRID.values():
+            scores = [seeds[s][lr] for s in SEEDS if lr in seeds.get(s, {})]
+            if len(scores) == len(SEEDS):
+                fixed.setdefault(task, {})[lr] = scores
+        if fixed.get(task):
+            best[task] = max(fixed[task], key=lambda lr: statistics.mean(fixed[task][lr]))
+    table: dict[str, dict] = {}
+    for name, rule in RULES.items():
+        row: dict = {}
+        per_seed_avg: dict[int, list[float]] = {}
+        for task in TASKS:
+            picks, diffs, outside, above, fallbacks = [], [], 0, 0, 0
+            for seed, curve in sorted(curves.get(task, {}).items()):
+                v, raw, sm = curve["values"], curve["losses"], curve["smoothed"]
+                # a curve without a usable valley trains at the fallback, whatever the rule (as the recipes do)
+                lr = rule(v, raw, sm) if analyse_curve(v, raw, sm)["valley"] else LR_FIND_FALLBACK
+                fallbacks += lr == LR_FIND_FALLBACK
+                if lr is None:
+                    outside += 1
+                    continue
+                picks.append(lr)
+                above += lr > GRID_TOP * (1 + 1e-9)
+                s = score_at(grid.get(task, {}).get(seed, {}), lr)
+                if s is None or task not in best:
+                    outside += s is None
+                    continue
+                diffs.append(s - grid[task][seed][best[task]])
+                per_seed_avg.setdefault(seed, []).append(diffs[-1])
+            row[task] = {"picks": picks, "diffs": diffs, "outside": outside, "above": above, "fallbacks": fallbacks}
+        avg = [statistics.mean(v) for v in per_seed_avg.values() if len(v) == len(TASKS)]
+        row["average"] = {"diffs": avg}
+        table[name] = row
+    lag = []
+    for task in TASKS:
+        for seed, c in sorted(curves.get(task, {}).items()):
+            v, raw, sm = c["values"], c["losses"], c["smoothed"]
+            cen = centred_losses(v, raw)
+            lag.append({"task": task, "seed": seed,
+                        "valley_decades": math.log10(_valley_of(v, sm) / _valley_of(v, cen)),
+                        "minimum_decades": math.log10(_min_of(v, sm) / _min_of(v, cen))})
+    return {"best": best, "fixed": {t: {str(lr): s for lr, s in d.items()} for t, d in fixed.items()},
+            "rules": table, "lag": lag, "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()}
+                                                     for t, d in grid.items()}}
+
+
+def markdown(ev: dict) -> str:
+    lines = ["# LR-finder rules scored against the fixed-LR grid (issue 26)", "",
+             "Generated by `python results/minilm/lr_rules.py` from the committed runs; see its docstring for the "
+             "method. Scores x100; `vs best` = seed-paired difference to the best fixed LR of the task.", "",
+             "## The grid (mean over seeds " + ", ".join(map(str, SEEDS)) + ")", "",
+             "| task | " + " | ".join(f"{lr:g}" for lr in GRID.values()) + " | best |",
+             "|---|" + "---:|" * (len(GRID) + 1)]
+    for task in TASKS:
+        f = ev["fixed"].get(task, {})
+        cells = [f"{statistics.mean(f[str(lr)]):.2f}" if str(lr) in f else "—" for lr in GRID.values()]
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {ev['best'].get(task, float('nan')):g} |")
+    lines += ["", "## The lag of the smoothed curve", "",
+              "How far right (in decades of LR) the recorded EMA puts the valley pick and the minimum, against the "
+              "centred (lag-free) mean of the same raw losses; per task: median [min, max] over seeds.", "",
+              "| task | valley shift | minimum shift |", "|---|---|---|"]
+    for task in TASKS:
+        rows = [x for x in ev["lag"] if x["task"] == task]
+        if rows:
+            def fmt(key: str) -> str:
+                xs = [r[key] for r in rows]
+                return f"{statistics.median(xs):+.2f} [{min(xs):+.2f}, {max(xs):+.2f}]"
+            lines.append(f"| {task} | {fmt('valley_decades')} | {fmt('minimum_decades')} |")
+    lines += ["", "## Picks", "",
+              "The LR each rule picks per task: median [min, max] over seeds; `n > 2e-4` picks above the grid's top "
+              "(issue 15's collapses were all at >= 2.7e-4); `fallback`: no usable valley, trained at 2e-5.", "",
+              "| rule | " + " | ".join(TASKS) + " |", "|---|" + "---|" * len(TASKS)]
+    for name, row in ev["rules"].items():
+        cells = []
+        for task in TASKS:
+            r = row[task]
+            p = r["picks"]
+            flags = [f"{r['above']} > 2e-4"] * bool(r["above"]) + [f"{r['fallbacks']} fallback"] * bool(r["fallbacks"])
+            cells.append("—" if not p else f"{statistics.median(p):.2g} [{min(p):.2g}, {max(p):.2g}]"
+                         + (f" ({', '.join(flags)})" if flags else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Scores against the best fixed LR", "",
+              "Seed-paired difference to the task's best grid LR (x100), mean [95% t interval] (n seeds); a pick "
+              "outside the seed's measured LRs has no score (`k unscored`). Last column: the four-task average per "
+              "seed, then over seeds (only seeds where every task has a score).", "",
+              "| rule | " + " | ".join(TASKS) + " | 4-task average |", "|---|" + "---|" * (len(TASKS) + 1)]
+    for name, row in ev["rules"].items():
+        cells = []
+        for task in TASKS:
+            r = row[task]
+            cells.append(_ci(r["diffs"]) + (f"; {r['outside']} unscored" if r["outside"] else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_ci(row['average']['diffs'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--out", default=HERE, help="the study folder (default: this one)")
+    p.add_argument("--json", default=None, help="also write the numbers here")
+    a = p.parse_args(argv)
+    ev = evaluate(a.out)
+    sys.stdout.write(markdown(ev))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(ev, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
