@@ -137,7 +137,8 @@ class HealthMonitor:
         self.run_dir = run_dir
         self._by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}
         for name, param, depth in self.layers.named_depths(model):
-            self._by_depth.setdefault(depth, []).append((name, param))
+            if self.layers.can_train(name):  # a PEFT model's base weights never change: nothing to watch
+                self._by_depth.setdefault(depth, []).append((name, param))
         self._sharded = is_sharded(p for ps in self._by_depth.values() for _, p in ps)  # FSDP: sum over processes
         blocks = self.layers.blocks(model) if self.layers.block_path else []
         self._ffn = {i + 1: _ffn_input(b) for i, b in enumerate(blocks)}

@@ -191,3 +191,26 @@ def test_lora_training_decreases_the_loss_at_layerwise_rates():
         opt.zero_grad()
         losses.append(loss.item())
     assert math.isfinite(losses[-1]) and losses[-1] < 0.8 * losses[0], losses
+
+
+def test_health_monitor_watches_only_what_trains_on_a_lora_model():
+    """The monitor's per-depth figures cover the adapters and the head, not the base weights PEFT froze (they never
+    change: watching them would cost a pass over the whole model every monitored step)."""
+    from hf_layerwise import HealthConfig, HealthMonitor
+
+    model = tiny_lora("llama")
+    lm = discover_layers(model)
+    opt = create_optimizer(model, LayerwiseConfig(top_k=2, top_lr_multiplier=5.0), lr=1e-3, layers=lm)
+    monitor = HealthMonitor(model, HealthConfig(every_n_steps=1, histograms=False), layers=lm)
+    monitor.begin(1, grad_hooks=False)
+    loss = model(**_batch()).loss
+    loss.backward()
+    monitor.before_optimizer_step()
+    opt.step()
+    record = monitor.end(opt, loss.detach(), grad_norms=DepthGradNorms(model, lm)())
+    monitor.close()
+    norms = {k: v for k, v in record.items() if k.startswith("health/weight_norm/")}
+    assert set(norms) == {f"health/weight_norm/depth{d}" for d in range(1, 6)}  # no depth 0: embeddings are base
+    adapters = [p for n, p in model.named_parameters() if lm.depths[n] == 2 and lm.can_train(n)]
+    assert norms["health/weight_norm/depth2"] == pytest.approx(torch.sqrt(sum((p.detach() ** 2).sum()
+                                                                             for p in adapters)).item(), rel=1e-5)
