@@ -24,6 +24,7 @@ from typing import NoReturn
 from torch import nn
 from transformers import HfArgumentParser
 
+from .adapters import add_lora
 from .config import LayerwiseArguments, LayerwiseConfig
 from .errors import DEBUG_ENV, UsageError, one_line, run_cli, usage_errors
 from .layers import discover_layers
@@ -164,23 +165,16 @@ def _main(argv: list[str]) -> int:
         raise UsageError(f"--lora-r {known.lora_r}: the LoRA rank must be an integer >= 1")
     model = _load(known.model, known.num_labels)
     if known.lora_r is not None:
-        model = _with_lora(model, known.lora_r, known.lora_target_modules)
+        targets = known.lora_target_modules
+        try:
+            model = add_lora(model, known.lora_r,
+                             target_modules=None if targets is None else [m.strip() for m in targets.split(",") if m.strip()])
+        except (ImportError, ValueError) as err:
+            raise UsageError(f"--lora-r {known.lora_r}: {err}") from None
     with usage_errors(known.model):
         print(describe_table(model, cfg, lr_find))
     return 0
 
-
-def _with_lora(model: nn.Module, r: int, targets: str | None) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise UsageError("--lora-r needs the peft package: pip install 'hf-layerwise[peft]'") from None
-    modules = None if targets is None else [m.strip() for m in targets.split(",") if m.strip()]
-    try:
-        return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=modules, task_type="SEQ_CLS"))
-    except (ValueError, KeyError) as err:
-        raise UsageError(f"--lora-r {r}: PEFT cannot place LoRA adapters on {type(model).__name__}: "
-                         f"{one_line(err)[:200]}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

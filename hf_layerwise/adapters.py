@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-__all__ = ["is_peft_model", "adapter_trained_parameters", "is_lora_b", "depth_rank_pattern"]
+__all__ = ["is_peft_model", "adapter_trained_parameters", "is_lora_b", "depth_rank_pattern", "add_lora"]
 
 # PEFT names LoRA's second (output-side) matrices so; LoRA+ (Hayou et al. 2024) trains them at ratio x the LR of A
 _LORA_B = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
@@ -69,6 +69,32 @@ def adapter_trained_parameters(model: nn.Module) -> set[int] | None:
             kept = {id(p) for p in original.parameters()} if isinstance(original, nn.Module) else set()
             trained.update(id(p) for p in module.parameters() if id(p) not in kept)
     return trained
+
+
+def add_lora(model: nn.Module, r: int, alpha: float | None = None, dropout: float | None = None,
+             target_modules: list[str] | None = None) -> nn.Module:
+    """``model`` (a ``*ForSequenceClassification``) wrapped by PEFT with LoRA adapters of rank ``r`` (alpha 2r and
+    dropout 0.05 by default; ``target_modules`` None: PEFT's default for the architecture), the head trained whole
+    (PEFT's ``SEQ_CLS`` task), as the recipes' ``--lora_r`` and ``describe --lora-r`` do.
+
+    Raises:
+        ImportError: peft is not installed (the message says how to install it).
+        ValueError: PEFT cannot place the adapters; the message names the model's linear modules.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("LoRA needs the peft package: pip install 'hf-layerwise[peft]'") from None
+    config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r,
+                        lora_dropout=dropout if dropout is not None else 0.05, target_modules=target_modules,
+                        task_type="SEQ_CLS")
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, KeyError) as err:  # target modules not found, or no default for this architecture
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"PEFT cannot place LoRA adapters on {type(model).__name__}: {reason}; its linear modules "
+                         f"are named {', '.join(linear[:12])}") from None
 
 
 def is_lora_b(name: str) -> bool:

@@ -4,6 +4,7 @@ launched as a real command (1 process, or N CPU processes through accelerate).""
 from __future__ import annotations
 
 import os
+import shutil
 import random
 import socket
 import subprocess
@@ -178,3 +179,17 @@ def make_decoder_dir(path: str, arch: str = "llama", seed: int = 0, layers: int 
             num_key_value_heads=2, max_position_embeddings=128, attention_dropout=dropout, **common)
     T.AutoModelForCausalLM.from_config(config).save_pretrained(path)
     return path
+
+
+def start_resumed(straight, checkpoint: str, resumed, args: list[str], recipe: str = "glue.py",
+                  nproc: int = 1) -> Started:
+    """A fresh process continues from a copy of one of the uninterrupted run's checkpoints (started, not awaited):
+    ``resumed`` gets that checkpoint and the run's manifest, as a kill after that checkpoint leaves the folder."""
+    from hf_layerwise.glue.run_dir import MANIFEST
+
+    os.makedirs(resumed)
+    shutil.copytree(os.path.join(straight, checkpoint), os.path.join(resumed, checkpoint))
+    shutil.copy(os.path.join(straight, MANIFEST), resumed)
+    out_at = args.index("--output_dir") + 1
+    argv = [*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"]
+    return start(recipe, [*argv, "--cpu"] if nproc > 1 else argv, nproc)

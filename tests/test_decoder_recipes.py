@@ -4,14 +4,10 @@ the frozen-feature cache on a decoder's frozen bottom (the same weights as the u
 LoRA run (dropout on) on 1 and 2 processes, and describe's depth table of a decoder with adapters."""
 
 import json
-import os
-import shutil
 
 import pytest
-from glue_fixtures import launch_together, make_decoder_dir, start, write_glue_task
+from glue_fixtures import launch_together, make_decoder_dir, start, start_resumed, write_glue_task
 from safetensors.torch import load_file
-
-from hf_layerwise.glue.run_dir import MANIFEST
 
 pytest.importorskip("peft")
 
@@ -95,15 +91,6 @@ def _resume_args(setup, out, **extra):
                  checkpointing_steps="6", logging_steps="5", save_model=True, **extra)
 
 
-def _resumed_copy(straight, checkpoint, resumed, args, recipe="glue.py", nproc=1):
-    os.makedirs(resumed)
-    shutil.copytree(straight / checkpoint, resumed / checkpoint)
-    shutil.copy(straight / MANIFEST, resumed)  # the folder as a kill after that checkpoint leaves it
-    out_at = args.index("--output_dir") + 1
-    argv = [*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"]
-    return start(recipe, [*argv, "--cpu"] if nproc > 1 else argv, nproc)
-
-
 def _same_run(straight, resumed):
     a = load_file(str(straight / "model" / "adapter_model.safetensors"))
     b = load_file(str(resumed / "model" / "adapter_model.safetensors"))
@@ -122,8 +109,8 @@ def test_lora_resume_equals_the_uninterrupted_run_with_dropout_on(setup, tmp_pat
             start("glue.py", [*_resume_args(setup, two, per_device_train_batch_size="4"), "--cpu"], 2)]
     for run in runs:
         run.wait()
-    resumed = [_resumed_copy(one, "step_6", tmp_path / "one_resumed", _resume_args(setup, one)),
-               _resumed_copy(two, "step_6", tmp_path / "two_resumed",
+    resumed = [start_resumed(one, "step_6", tmp_path / "one_resumed", _resume_args(setup, one)),
+               start_resumed(two, "step_6", tmp_path / "two_resumed",
                              _resume_args(setup, two, per_device_train_batch_size="4"), nproc=2)]
     for run in resumed:
         run.wait()

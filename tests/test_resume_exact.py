@@ -8,11 +8,9 @@ a kill (checkpointing does not change the run: it draws no random numbers).
 
 import json
 import os
-import shutil
 
 import pytest
-from glue_fixtures import make_model_dir, start, write_glue_task
-from hf_layerwise.glue.run_dir import MANIFEST
+from glue_fixtures import make_model_dir, start, start_resumed, write_glue_task
 from safetensors.torch import load_file
 
 
@@ -44,11 +42,7 @@ def _run(args, recipe="glue.py", nproc=1):
 
 def _start_resume(straight, checkpoint, resumed, args, **kwargs):
     """A fresh process continues from a copy of one of the uninterrupted run's checkpoints (started, not awaited)."""
-    os.makedirs(resumed)
-    shutil.copytree(straight / checkpoint, resumed / checkpoint)
-    shutil.copy(straight / MANIFEST, resumed)  # the folder as a kill after that checkpoint leaves it
-    out_at = args.index("--output_dir") + 1
-    return _start([*args[:out_at], str(resumed), *args[out_at + 1:], "--resume_from_checkpoint", "latest"], **kwargs)
+    return start_resumed(straight, checkpoint, resumed, args, **kwargs)
 
 
 def _resume_from(straight, checkpoint, resumed, args, **kwargs):

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import RunFailed, UsageError, one_line, usage_errors
 from ..feature_cache import FrozenFeatureCache
+from ..adapters import add_lora
 from ..layers import LayerMap, discover_layers
 from ..report import REPORT_FILES
 from .arguments import RecipeArguments
@@ -286,23 +287,15 @@ def apply_lora(args: RecipeArguments, model: nn.Module) -> nn.Module:
     m = args.model
     if m.lora_r is None:
         return model
+    flag = "--lora_target_modules" if m.target_modules else "--lora_r (PEFT's default target modules)"
     try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise UsageError("--lora_r needs the peft package: pip install 'hf-layerwise[peft]'") from None
-    config = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha if m.lora_alpha is not None else 2 * m.lora_r,
-                        lora_dropout=m.lora_dropout if m.lora_dropout is not None else 0.05,
-                        target_modules=m.target_modules, task_type="SEQ_CLS")
-    try:
-        model = get_peft_model(model, config)
-    except (ValueError, KeyError) as err:  # target modules not found, or no default for this architecture
-        flag = "--lora_target_modules" if m.target_modules else "--lora_r (PEFT's default target modules)"
-        linear = sorted({n.rsplit(".", 1)[-1] for n, mod in model.named_modules() if isinstance(mod, nn.Linear)})
-        raise UsageError(f"{flag}: PEFT cannot place LoRA adapters on {type(model).__name__}: {one_line(err)[:200]}; "
-                         f"its linear modules are named {', '.join(linear[:12])}") from None
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("LoRA r=%d alpha=%g dropout=%g on %s: %s trainable parameters", config.r, config.lora_alpha,
-                config.lora_dropout, sorted(config.target_modules), f"{trainable:,}")
+        model = add_lora(model, m.lora_r, m.lora_alpha, m.lora_dropout, m.target_modules)
+    except ImportError as err:
+        raise UsageError(f"--lora_r: {err}") from None
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from None
+    logger.info("LoRA r=%d: %s trainable parameters", m.lora_r,
+                f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
     return model
 
 
