@@ -271,7 +271,7 @@ def test_flat_curves_have_no_valley_on_the_committed_study_curves():
         if task != "rte":
             pick = min(read["suggestions"]["centred_valley"], read["cap"])
             assert 2e-5 <= pick <= 2.1e-4, (path, pick)  # the ramp point nearest 2e-4 is 2.03e-4
-            # the recipes' range ends at 1e-2: the same steps, cut there
+            # the recipes' range ends at 1e-2: the recorded curve cut there stands in for it
             n = sum(v <= 1e-2 * (1 + 1e-9) for v in test["values"])
             cut = analyse_curve(test["values"][:n], test["losses"][:n], test["smoothed"][:n])
             assert cut["valley"] and 2e-5 <= min(cut["suggestions"]["centred_valley"], cut["cap"]) <= 2.1e-4, path

@@ -83,7 +83,8 @@ def _capped(v: list, raw: list, k: float) -> float:
 
 
 def _to(v: list, raw: list, top: float) -> tuple[list, list]:
-    """The curve a test ending at ``top`` would have recorded: the same steps (8 per decade from 1e-6), cut there."""
+    """The recorded curve cut at ``top``: a stand-in for a test whose range ends there (the recorded ramp has 7.8
+    steps per decade, the recipes' 1e-6..1e-2 range 8, so the same step meets an LR up to 1.27x apart near 1e-2)."""
     n = sum(x <= top * (1 + 1e-9) for x in v)
     return v[:n], raw[:n]
 
