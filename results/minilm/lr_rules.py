@@ -82,6 +82,11 @@ def _capped(v: list, raw: list, k: float) -> float:
     return min(_valley_of(v, centred_losses(v, raw)), _min_of(v, centred_losses(v, raw)) / k)
 
 
+def _valley_x2_capped(v: list, raw: list, k: float) -> float:
+    """A bolder pick: twice the centred valley, capped at the centred minimum's LR / k."""
+    return min(2 * _valley_of(v, centred_losses(v, raw)), _min_of(v, centred_losses(v, raw)) / k)
+
+
 def _to(v: list, raw: list, top: float) -> tuple[list, list]:
     """The recorded curve cut at ``top``: a stand-in for a test whose range ends there (the recorded ramp has 7.8
     steps per decade, the recipes' 1e-6..1e-2 range 8, so the same step meets an LR up to 1.27x apart near 1e-2)."""
@@ -109,11 +114,13 @@ RULES: dict[str, Rule] = {
     "valley, raw loss": lambda v, raw, sm: _valley_of(v, raw),
     "valley, centred": lambda v, raw, sm: _valley_of(v, centred_losses(v, raw)),
     "minimum, centred / 10": lambda v, raw, sm: _min_of(v, centred_losses(v, raw)) / 10,
+    "minimum, centred / 3 (the cap alone)": lambda v, raw, sm: _min_of(v, centred_losses(v, raw)) / 3,
     "steep, centred": lambda v, raw, sm: _steep_of(v, centred_losses(v, raw)),
     "valley, centred, cap minimum / 2": lambda v, raw, sm: _capped(v, raw, 2),
     "valley, centred, cap minimum / 3": lambda v, raw, sm: _capped(v, raw, 3),
     "valley, centred, cap minimum / 5": lambda v, raw, sm: _capped(v, raw, 5),
     "valley, centred, cap minimum / 10": lambda v, raw, sm: _capped(v, raw, 10),
+    "valley, centred x 2, cap minimum / 3": lambda v, raw, sm: _valley_x2_capped(v, raw, 3),
     f"hf_layerwise default (cap / {CAP_DIVISOR:g}), range 1e-6..1e-1": _library,
     f"hf_layerwise default (cap / {CAP_DIVISOR:g}), range 1e-6..1e-2": lambda v, raw, sm: _library(v, raw, sm, 1e-2),
 }
