@@ -407,19 +407,22 @@ def _fixed_lr(r: dict) -> float | None:
 
 
 def grid_best(rows: list[dict]) -> dict[str, tuple[str, float, dict[int, float]]]:
-    """Per task, the fixed-LR grid's best cell (:func:`_fixed_lr` cells with at least 2 seeds, highest mean):
-    (cell, its LR, {seed: value})."""
+    """Per task, the fixed-LR grid's best cell (:func:`_fixed_lr` cells with at least 2 seeds): (cell, its LR,
+    {seed: value}). Cells are ranked by their mean over the seeds they all have (when at least 2), so a cell with
+    more seeds, or with a lucky extra seed, does not win on seeds the others never ran; else by their own means."""
     cells: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r.get("fixed_lr") is not None and r["value"] is not None:
             cells.setdefault((r["task"], r["cell"]), []).append(r)
-    best: dict[str, tuple[str, float, dict[int, float]]] = {}
+    candidates: dict[str, list[tuple[str, float, dict[int, float]]]] = {}
     for (task, cell), runs in sorted(cells.items()):
-        if len(runs) < 2 or len({r["fixed_lr"] for r in runs}) != 1:
-            continue
-        values = {r["seed"]: r["value"] for r in runs}
-        if task not in best or statistics.mean(values.values()) > statistics.mean(best[task][2].values()):
-            best[task] = (cell, runs[0]["fixed_lr"], values)
+        if len(runs) >= 2 and len({r["fixed_lr"] for r in runs}) == 1:
+            candidates.setdefault(task, []).append((cell, runs[0]["fixed_lr"], {r["seed"]: r["value"] for r in runs}))
+    best: dict[str, tuple[str, float, dict[int, float]]] = {}
+    for task, found in candidates.items():
+        common = set.intersection(*(set(values) for _, _, values in found))
+        seeds_of = (lambda values: common) if len(common) >= 2 else (lambda values: values.keys())
+        best[task] = max(found, key=lambda c: statistics.mean(c[2][s] for s in seeds_of(c[2])))
     return best
 
 
@@ -445,8 +448,10 @@ def lr_find_lines(rows: list[dict]) -> list[str]:
              "top-k multiplier the scan chose, the runs that trained at `--lr_find_fallback` because the curve had "
              "no usable valley, and the range tests' time: median seconds and median ratio to the same run's "
              "training time (which does not include them). `grid best`: the cell of this folder that trains every "
-             "parameter at one fixed LR (nothing frozen) with the best mean, and its LR; `vs grid best`: the "
-             "seed-paired difference of the main metric to it with its 95% t interval.", "",
+             "parameter at one fixed LR (nothing frozen, at least 2 seeds) with the best mean over the seeds all such "
+             "cells of the task share (its own mean if they share fewer than 2), its LR and its mean over all its "
+             "seeds; `vs grid best`: the seed-paired difference of the main metric to it with its 95% t "
+             "interval.", "",
              "| task | cell | runs | learning rate | top multiplier | fallbacks | range tests | / train time "
              "| grid best | vs grid best [95% CI] |",
              "|---|---|---:|---|---|---:|---:|---:|---|---|"]

@@ -231,6 +231,24 @@ def test_lr_range_tests_table(tmp_path):
     assert {"lr_find_lr", "lr_find_top", "lr_find_fallback", "lr_find_time_s"} <= set(header)
 
 
+def test_grid_best_ranks_cells_on_the_seeds_they_share(tmp_path):
+    # fast's extra seed 4 (0.99) lifts its own mean to 0.735, above mid's 0.69; on seeds 1-2, which every cell of
+    # the grid has, mid (0.69) beats fast (0.65) and baseline (0.61)
+    for seed, (low, mid, high) in {1: (0.60, 0.70, 0.64), 2: (0.62, 0.68, 0.66)}.items():
+        _fake_run(tmp_path, "rte", "baseline", seed, low, 0.5, lr=2e-5)
+        _fake_run(tmp_path, "rte", "mid", seed, mid, 0.5, lr=5e-5)
+        _fake_run(tmp_path, "rte", "fast", seed, high, 0.5, lr=1e-4)
+    for seed, value in ((3, 0.65), (4, 0.99)):
+        _fake_run(tmp_path, "rte", "fast", seed, value, 0.5, lr=1e-4)
+    _fake_run(tmp_path, "cola", "baseline", 1, 0.3, 0.0, lr=2e-5)  # one seed: not a grid cell yet
+    cell, lr, values = ablate.grid_best(ablate.collect(str(tmp_path)))["rte"]
+    assert (cell, lr, values) == ("mid", 5e-5, {1: 0.70, 2: 0.68})
+    assert "cola" not in ablate.grid_best(ablate.collect(str(tmp_path)))
+    _fake_run(tmp_path, "rte", "slow", 3, 0.9, 0.5, lr=1e-5)  # shares < 2 seeds with the others: own means
+    _fake_run(tmp_path, "rte", "slow", 5, 0.9, 0.5, lr=1e-5)
+    assert ablate.grid_best(ablate.collect(str(tmp_path)))["rte"][0] == "slow"
+
+
 def test_no_lr_range_test_columns_without_auto_runs(tmp_path):
     _fake_run(tmp_path, "rte", "baseline", 1, 0.6, 0.5)
     ablate.report(str(tmp_path))
