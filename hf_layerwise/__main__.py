@@ -166,15 +166,14 @@ def _main(argv: list[str]) -> int:
     model = _load(known.model, known.num_labels)
     if known.lora_r is not None:
         targets = known.lora_target_modules
+        modules = None if targets is None else [m.strip() for m in targets.split(",") if m.strip()]
         try:
-            model = add_lora(model, known.lora_r,
-                             target_modules=None if targets is None else [m.strip() for m in targets.split(",") if m.strip()])
+            model = add_lora(model, known.lora_r, target_modules=modules)
         except (ImportError, ValueError) as err:
             raise UsageError(f"--lora-r {known.lora_r}: {err}") from None
     with usage_errors(known.model):
         print(describe_table(model, cfg, lr_find))
     return 0
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -421,8 +421,8 @@ def grid_best(rows: list[dict]) -> dict[str, tuple[str, float, dict[int, float]]
     best: dict[str, tuple[str, float, dict[int, float]]] = {}
     for task, found in candidates.items():
         common = set.intersection(*(set(values) for _, _, values in found))
-        seeds_of = (lambda values: common) if len(common) >= 2 else (lambda values: values.keys())
-        best[task] = max(found, key=lambda c: statistics.mean(c[2][s] for s in seeds_of(c[2])))
+        shared = common if len(common) >= 2 else None
+        best[task] = max(found, key=lambda c: statistics.mean(c[2][s] for s in (shared or c[2])))
     return best
 
 

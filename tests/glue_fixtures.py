@@ -4,8 +4,8 @@ launched as a real command (1 process, or N CPU processes through accelerate).""
 from __future__ import annotations
 
 import os
-import shutil
 import random
+import shutil
 import socket
 import subprocess
 import sys

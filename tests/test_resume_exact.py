@@ -40,13 +40,8 @@ def _run(args, recipe="glue.py", nproc=1):
     _start(args, recipe, nproc).wait()
 
 
-def _start_resume(straight, checkpoint, resumed, args, **kwargs):
-    """A fresh process continues from a copy of one of the uninterrupted run's checkpoints (started, not awaited)."""
-    return start_resumed(straight, checkpoint, resumed, args, **kwargs)
-
-
 def _resume_from(straight, checkpoint, resumed, args, **kwargs):
-    _start_resume(straight, checkpoint, resumed, args, **kwargs).wait()
+    start_resumed(straight, checkpoint, resumed, args, **kwargs).wait()
 
 
 def _compare(straight, resumed):
@@ -70,7 +65,7 @@ def test_resume_mid_epoch_and_at_an_epoch_end_batch(setup, tmp_path):
     _run(args)
     assert {"model.safetensors", "optimizer.bin", "progress.json"} <= set(os.listdir(straight / "step_6"))
     checkpoints = ("step_6", "step_12")  # batch 6 of 12 (a loss sum pending); the epoch's last batch
-    for run in [_start_resume(straight, c, tmp_path / c, args) for c in checkpoints]:  # both at once
+    for run in [start_resumed(straight, c, tmp_path / c, args) for c in checkpoints]:  # both at once
         run.wait()
     for checkpoint in checkpoints:
         result = _compare(straight, tmp_path / checkpoint)

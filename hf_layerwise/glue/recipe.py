@@ -23,9 +23,9 @@ import datasets
 import torch
 from torch import nn
 
+from ..adapters import add_lora
 from ..errors import RunFailed, UsageError, one_line, usage_errors
 from ..feature_cache import FrozenFeatureCache
-from ..adapters import add_lora
 from ..layers import LayerMap, discover_layers
 from ..report import REPORT_FILES
 from .arguments import RecipeArguments

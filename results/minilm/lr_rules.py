@@ -77,14 +77,10 @@ def _steep_of(values: Sequence[float], losses: Sequence[float]) -> float:
     return float(v[int(np.argmin(np.diff(lo) / np.diff(np.log(v))))])
 
 
-def _capped(v: list, raw: list, k: float) -> float:
-    """The centred valley, capped at the centred minimum's LR / k."""
-    return min(_valley_of(v, centred_losses(v, raw)), _min_of(v, centred_losses(v, raw)) / k)
-
-
-def _valley_x2_capped(v: list, raw: list, k: float) -> float:
-    """A bolder pick: twice the centred valley, capped at the centred minimum's LR / k."""
-    return min(2 * _valley_of(v, centred_losses(v, raw)), _min_of(v, centred_losses(v, raw)) / k)
+def _capped(v: list, raw: list, k: float, scale: float = 1.0) -> float:
+    """The centred valley (times ``scale``: a bolder pick above 1), capped at the centred minimum's LR / k."""
+    centred = centred_losses(v, raw)
+    return min(scale * _valley_of(v, centred), _min_of(v, centred) / k)
 
 
 def _to(v: list, raw: list, top: float) -> tuple[list, list]:
@@ -120,7 +116,7 @@ RULES: dict[str, Rule] = {
     "valley, centred, cap minimum / 3": lambda v, raw, sm: _capped(v, raw, 3),
     "valley, centred, cap minimum / 5": lambda v, raw, sm: _capped(v, raw, 5),
     "valley, centred, cap minimum / 10": lambda v, raw, sm: _capped(v, raw, 10),
-    "valley, centred x 2, cap minimum / 3": lambda v, raw, sm: _valley_x2_capped(v, raw, 3),
+    "valley, centred x 2, cap minimum / 3": lambda v, raw, sm: _capped(v, raw, 3, scale=2),
     f"hf_layerwise default (cap / {CAP_DIVISOR:g}), range 1e-6..1e-1": _library,
     f"hf_layerwise default (cap / {CAP_DIVISOR:g}), range 1e-6..1e-2": lambda v, raw, sm: _library(v, raw, sm, 1e-2),
 }
