@@ -18,6 +18,10 @@ the best fixed grid LR of the task (best = highest mean over the seeds), its mea
 four-task row averages the tasks per seed first. A pick above 2e-4 is counted under ``> 2e-4`` (the grid's top;
 every collapse of issue 15 was at >= 2.7e-4).
 
+The trained check: the ``lr-find`` cell (``--learning_rate auto`` as the recipes run it, no ``--lr_find_*`` option)
+is scored on its own runs, not interpolated: each run's metric minus the same seed's best-grid-LR run, and the range
+test's time over the same run's training time.
+
 Smoothing: ``smoothed`` is the recorded debiased EMA (beta 0.98^(100/steps) = 0.951 here); ``centred`` is a centred
 moving mean of the raw losses over +-h steps (h = a quarter decade: 2 steps at 8 steps per decade), which has no lag.
 The lag table measures how far right the EMA moves the curve's features (valley and minimum) against ``centred``.
@@ -48,6 +52,7 @@ TASKS = ("cola", "mrpc", "rte", "stsb")
 GRID = {"baseline": 2e-5, "uniform-2.5x": 5e-5, "uniform-5x": 1e-4, "uniform-10x": 2e-4}
 GRID_TOP = max(GRID.values())
 CURVE_CELL = "lr-auto"
+TRAINED_CELL = "lr-find"
 SEEDS = (1, 2, 3)  # the grid's seeds
 LAG_SEEDS = (1, 2, 3, 4, 5)  # the recorded curves (issue 15 ran 5 seeds)
 
@@ -238,8 +243,25 @@ def evaluate(out: str) -> dict:
                         "valley_decades": math.log10(_valley_of(v, sm) / _valley_of(v, cen)),
                         "minimum_decades": math.log10(_min_of(v, sm) / _min_of(v, cen))})
     return {"best": best, "fixed": {t: {str(lr): s for lr, s in d.items()} for t, d in fixed.items()},
-            "rules": table, "lag": lag, "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()}
+            "rules": table, "lag": lag, "trained": trained(out, grid, best), "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()}
                                                      for t, d in grid.items()}}
+
+
+def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
+    """The default finder's own runs (``lr-find``): per task and seed the picked LR, whether it fell back, the score
+    minus the same seed's run at the task's best grid LR, and the test's time over the run's training time."""
+    runs: dict[str, dict[int, dict]] = {}
+    for task in TASKS:
+        for seed in SEEDS:
+            r = _load(os.path.join(out, task, TRAINED_CELL, f"seed{seed}", "results.json"))
+            if r is None or "metrics" not in r or task not in best or best[task] not in grid[task].get(seed, {}):
+                continue
+            score = 100 * r["metrics"][r["main_metric"]]
+            runs.setdefault(task, {})[seed] = {
+                "lr": float(r["lr_find"]["learning_rate"]), "fallback": bool(r["lr_find"].get("fallback")),
+                "score": score, "diff": score - grid[task][seed][best[task]],
+                "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
+    return {task: {str(seed): run for seed, run in by_seed.items()} for task, by_seed in runs.items()}
 
 
 def markdown(ev: dict) -> str:
@@ -289,7 +311,47 @@ def markdown(ev: dict) -> str:
             r = row[task]
             cells.append(_ci(r["diffs"]) + (f"; {r['outside']} unscored" if r["outside"] else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_ci(row['average']['diffs'])} |")
+    lines += _trained_lines(ev["trained"])
     return "\n".join(lines) + "\n"
+
+
+def _trained_lines(tr: dict) -> list[str]:
+    if not tr:
+        return []
+    lines = ["", f"## Trained: the default as the recipes run it (`{TRAINED_CELL}`)", "",
+             "Each run's own score (x100), not interpolated: picked LR (`fallback`: no usable valley, trained at "
+             "2e-5): score, then the seed-paired difference to the task's best grid LR and the range test's time "
+             "over the same run's training time.", "",
+             "| task | " + " | ".join(f"seed {s}" for s in SEEDS) + " | vs best | test / train time |",
+             "|---|" + "---|" * (len(SEEDS) + 2)]
+    per_seed: dict[str, list[float]] = {}
+    cost: dict[str, list[float]] = {}
+    for task in TASKS:
+        runs = tr.get(task, {})
+        if not runs:
+            continue
+        cells = []
+        for seed in map(str, SEEDS):
+            r = runs.get(seed)
+            cells.append("—" if r is None else
+                         f"{'fallback' if r['fallback'] else format(r['lr'], '.2g')}: {r['score']:.2f}")
+            if r is not None:
+                per_seed.setdefault(seed, []).append(r["diff"])
+                cost.setdefault(seed, []).append((r["test_s"], r["train_s"]))
+        ratios = [r["test_s"] / r["train_s"] for r in runs.values()]
+        lines.append(f"| {task} | " + " | ".join(cells) + f" | {_ci([r['diff'] for r in runs.values()])} | "
+                     f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f}% |")
+    complete = [s for s in per_seed if len(per_seed[s]) == len(TASKS)]
+    avg = [statistics.mean(per_seed[s]) for s in complete]
+    share = [100 * sum(t for t, _ in cost[s]) / sum(x for _, x in cost[s]) for s in complete]
+    lines.append("| 4-task average | " + " | ".join(
+        f"{statistics.mean(per_seed[s]):+.2f}" if s in complete else "—" for s in map(str, SEEDS))
+        + f" | {_ci(avg)} | " + (f"{min(share):.1f}-{max(share):.1f}% |" if share else "— |"))
+    n_fb = sum(r["fallback"] for runs in tr.values() for r in runs.values())
+    n = sum(len(runs) for runs in tr.values())
+    lines += ["", f"{n_fb} of {n} runs fell back to 2e-5. The 4-task row: per seed the mean of the four differences; "
+              "its cost column: the four tests' time over the four runs' training time, per seed."]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
