@@ -243,8 +243,8 @@ def evaluate(out: str) -> dict:
                         "valley_decades": math.log10(_valley_of(v, sm) / _valley_of(v, cen)),
                         "minimum_decades": math.log10(_min_of(v, sm) / _min_of(v, cen))})
     return {"best": best, "fixed": {t: {str(lr): s for lr, s in d.items()} for t, d in fixed.items()},
-            "rules": table, "lag": lag, "trained": trained(out, grid, best), "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()}
-                                                     for t, d in grid.items()}}
+            "rules": table, "lag": lag, "trained": trained(out, grid, best),
+            "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()} for t, d in grid.items()}}
 
 
 def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
@@ -320,12 +320,12 @@ def _trained_lines(tr: dict) -> list[str]:
         return []
     lines = ["", f"## Trained: the default as the recipes run it (`{TRAINED_CELL}`)", "",
              "Each run's own score (x100), not interpolated: picked LR (`fallback`: no usable valley, trained at "
-             "2e-5): score, then the seed-paired difference to the task's best grid LR and the range test's time "
-             "over the same run's training time.", "",
+             f"{LR_FIND_FALLBACK:g}): score, then the seed-paired difference to the task's best grid LR and the "
+             "range test's time over the same run's training time.", "",
              "| task | " + " | ".join(f"seed {s}" for s in SEEDS) + " | vs best | test / train time |",
              "|---|" + "---|" * (len(SEEDS) + 2)]
     per_seed: dict[str, list[float]] = {}
-    cost: dict[str, list[float]] = {}
+    cost: dict[str, list[tuple[float, float]]] = {}  # per seed: (test s, training s) of each task
     for task in TASKS:
         runs = tr.get(task, {})
         if not runs:
@@ -349,8 +349,8 @@ def _trained_lines(tr: dict) -> list[str]:
         + f" | {_ci(avg)} | " + (f"{min(share):.1f}-{max(share):.1f}% |" if share else "— |"))
     n_fb = sum(r["fallback"] for runs in tr.values() for r in runs.values())
     n = sum(len(runs) for runs in tr.values())
-    lines += ["", f"{n_fb} of {n} runs fell back to 2e-5. The 4-task row: per seed the mean of the four differences; "
-              "its cost column: the four tests' time over the four runs' training time, per seed."]
+    lines += ["", f"{n_fb} of {n} runs fell back to {LR_FIND_FALLBACK:g}. The 4-task row: per seed the mean of the "
+              "four differences; its cost column: the four tests' time over the four runs' training time, per seed."]
     return lines
 
 
