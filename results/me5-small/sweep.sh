@@ -6,12 +6,17 @@
 # Cells: baseline (2e-5 everywhere), uniform-5x (1e-4 everywhere), top3x5 (top 3 of 12 blocks at 5x), top3x5-freeze
 # (embeddings and blocks 1-6 frozen, frozen-feature cache), top3x5-freeze25 (embeddings and blocks 1-3 frozen, cache),
 # llrd-0.8 (ELECTRA's layer-wise decay, at 1e-4).
+# Issue 26's held-out check (b), not in the default CELLS: the LR finder's default rule, fixed after calibrating on
+# MiniLM, against this model's own 2e-5 / 5e-5 / 1e-4 grid on MRPC and STS-B:
+#   TASKS=mrpc,stsb CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source results/me5-small/settings.sh  # PY, MODEL, DATA, COMMON
 declare -A CELL=(
   [baseline]="--preset baseline"
+  [uniform-2.5x]="--preset baseline --learning_rate 5e-5"
   [uniform-5x]="--preset baseline --learning_rate 1e-4"
+  [lr-find]="--preset baseline --learning_rate auto"
   [top3x5]="--preset top3x5"
   [top3x5-freeze]="--preset top3x5-freeze --cache_frozen"
   [top3x5-freeze25]="--preset top3x5-freeze --freeze_fraction 0.25 --cache_frozen"
@@ -19,7 +24,10 @@ declare -A CELL=(
 )
 CELLS=${CELLS:-baseline,uniform-5x,top3x5,top3x5-freeze,top3x5-freeze25,llrd-0.8}
 ARGS=()
-for name in ${CELLS//,/ }; do ARGS+=(--cell "$name=${CELL[$name]}"); done
+for name in ${CELLS//,/ }; do
+  if [ -z "${CELL[$name]+set}" ]; then echo "error: unknown cell '$name' in CELLS; known: ${!CELL[*]}" >&2; exit 2; fi
+  ARGS+=(--cell "$name=${CELL[$name]}")
+done
 for seed in ${SEEDS:-1 2 3}; do
   $PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc,stsb,cola}" --seeds "$seed" --out results/me5-small \
       "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them
