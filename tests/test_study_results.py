@@ -45,3 +45,50 @@ def test_lr_rules_table_is_recomputed_from_the_committed_runs():
     with open(os.path.join(STUDY, "lr_rules.md")) as f:
         assert lr_rules.markdown(lr_rules.evaluate(STUDY)) == f.read(), (
             "results/minilm/lr_rules.md is stale: run `python results/minilm/lr_rules.py > results/minilm/lr_rules.md`")
+
+
+def _write_run(folder, task, cell, seed, lr, score, lr_find=None):
+    import json
+
+    run = {"metrics": {"accuracy": score / 100}, "main_metric": "accuracy", "train_time_s": 100.0,
+           "config": {"train": {"learning_rate": 2e-5 if lr_find else lr}},
+           "layerwise": {"top_k": 0, "freeze_below": 0, "layer_decay": None, "freeze_embeddings": False}}
+    if lr_find:
+        run["lr_find"] = lr_find
+    path = folder / task / cell / f"seed{seed}"
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(run))
+
+
+def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
+    """lr_rules.held_out: best grid LR by mean over complete seeds, lr-find seed-paired to that LR's run of the same
+    seed, a run more than 5 points under the same seed's 2e-5 run counted as collapsed, the capped pick reported."""
+    sys.path.insert(0, STUDY)
+    import lr_rules
+
+    study, held = tmp_path / "minilm", tmp_path / "minilm-sst2"
+    study.mkdir()
+    grid = {1: {2e-5: 80.0, 5e-5: 84.0, 1e-4: 83.0}, 2: {2e-5: 81.0, 5e-5: 83.0, 1e-4: 86.0}}
+    for seed, by_lr in grid.items():
+        for cell, lr in lr_rules.HELD_OUT_GRID.items():
+            _write_run(held, "sst2", cell, seed, lr, by_lr[lr])
+
+    def test(pick, uncapped):
+        return {"learning_rate": pick, "fallback": False, "time_s": 5.0,
+                "tests": [{"rule": "centred_valley", "suggestions": {"centred_valley": uncapped},
+                           "capped": uncapped != pick}]}
+
+    _write_run(held, "sst2", "lr-find", 1, None, 85.0, test(4e-5, 4e-5))
+    _write_run(held, "sst2", "lr-find", 2, None, 70.0, test(1e-4, 6e-4))
+    _write_run(held, "sst2", "lr-find", 3, None, 90.0, test(5e-5, 5e-5))  # seed 3 has no grid: unpaired
+    (check,) = lr_rules.held_out(str(study))
+    t = check["tasks"]["sst2"]
+    # means: 2e-5 80.5, 5e-5 83.5, 1e-4 84.5 -> best 1e-4
+    assert t["best"] == 1e-4 and t["seeds_complete"] == [1, 2]
+    runs = t["runs"]
+    assert runs["1"]["diff"] == 85.0 - 83.0 and runs["1"]["collapsed"] is False and runs["1"]["capped_from"] is None
+    assert runs["2"]["diff"] == 70.0 - 86.0 and runs["2"]["collapsed"] is True and runs["2"]["capped_from"] == 6e-4
+    assert runs["3"]["diff"] is None and runs["3"]["collapsed"] is None
+    md = "\n".join(lr_rules._held_out_lines([check]))
+    assert "| 4e-5: 85.00 | 1e-4 (capped from 6e-4): 70.00 | 5e-5: 90.00 | -7.00 [" in md
+    assert "| 1 of 2 |" in md  # one collapse among the two paired runs

@@ -18,6 +18,10 @@ the best fixed grid LR of the task (best = highest mean over the seeds), its mea
 four-task row averages the tasks per seed first. A pick above 2e-4 is counted under ``> 2e-4`` (the grid's top;
 every collapse of issue 15 was at >= 2.7e-4).
 
+The held-out checks (``HELD_OUT``) score the same ``lr-find`` cell against each check's own 2e-5 / 5e-5 / 1e-4 grid,
+seed-paired, as the trained check does; a run counts as collapsed when it scores more than 5 points below the same
+seed's 2e-5 run.
+
 The trained check: the ``lr-find`` cell (``--learning_rate auto`` as the recipes run it, no ``--lr_find_*`` option)
 is scored on its own runs, not interpolated: each run's metric minus the same seed's best-grid-LR run, and the range
 test's time over the same run's training time.
@@ -54,6 +58,13 @@ GRID_TOP = max(GRID.values())
 CURVE_CELL = "lr-auto"
 TRAINED_CELL = "lr-find"
 SEEDS = (1, 2, 3)  # the grid's seeds
+# The held-out checks (issue 26, 5): the default rule, fixed after calibrating on the four tasks above, on a task and
+# a model it never saw, each against its own grid (the cells of this study's grid without 2e-4). Folders are relative
+# to this study's folder; a check without runs yet is left out of the tables.
+HELD_OUT = (("MiniLM (6 blocks), SST-2, first 8000 training examples", "../minilm-sst2", ("sst2",)),
+            ("multilingual-e5-small (12 blocks)", "../me5-small", ("mrpc", "stsb")))
+HELD_OUT_GRID = {k: v for k, v in GRID.items() if v <= 1e-4}
+COLLAPSE_POINTS = 5.0  # a run more than this many points (x100) below the same seed's 2e-5 run counts as collapsed
 LAG_SEEDS = (1, 2, 3, 4, 5)  # the recorded curves (issue 15 ran 5 seeds)
 
 
@@ -243,7 +254,7 @@ def evaluate(out: str) -> dict:
                         "valley_decades": math.log10(_valley_of(v, sm) / _valley_of(v, cen)),
                         "minimum_decades": math.log10(_min_of(v, sm) / _min_of(v, cen))})
     return {"best": best, "fixed": {t: {str(lr): s for lr, s in d.items()} for t, d in fixed.items()},
-            "rules": table, "lag": lag, "trained": trained(out, grid, best),
+            "rules": table, "lag": lag, "trained": trained(out, grid, best), "held_out": held_out(out),
             "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()} for t, d in grid.items()}}
 
 
@@ -262,6 +273,96 @@ def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
                 "score": score, "diff": score - grid[task][seed][best[task]],
                 "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
     return {task: {str(seed): run for seed, run in by_seed.items()} for task, by_seed in runs.items()}
+
+
+def held_out(out: str) -> list[dict]:
+    """Per held-out check and task: the grid's mean per LR over the seeds where the grid is complete, its best LR,
+    and per seed the ``lr-find`` run (pick, capped, fallback, score, difference to the same seed's best-LR run,
+    collapsed, test / training time). Checks without any run are left out."""
+    checks = []
+    for name, rel, tasks in HELD_OUT:
+        folder = os.path.normpath(os.path.join(out, rel))
+        per_task = {}
+        for task in tasks:
+            grid: dict[int, dict[float, float]] = {}
+            runs: dict[int, dict] = {}
+            for seed in SEEDS:
+                for cell, lr in HELD_OUT_GRID.items():
+                    r = _load(os.path.join(folder, task, cell, f"seed{seed}", "results.json"))
+                    if r is None or "metrics" not in r:
+                        continue
+                    if not (_one_lr_nothing_frozen(r)
+                            and math.isclose(float(r["config"]["train"]["learning_rate"]), lr, rel_tol=1e-6)):
+                        raise SystemExit(f"{folder}/{task}/{cell}/seed{seed}: not a one-LR run at {lr:g}")
+                    grid.setdefault(seed, {})[lr] = 100 * r["metrics"][r["main_metric"]]
+                r = _load(os.path.join(folder, task, TRAINED_CELL, f"seed{seed}", "results.json"))
+                if r is not None and "metrics" in r:
+                    test = r["lr_find"]["tests"][0]
+                    runs[seed] = {"lr": float(r["lr_find"]["learning_rate"]),
+                                  "fallback": bool(r["lr_find"].get("fallback")),
+                                  "capped_from": test["suggestions"][test["rule"]] if test.get("capped") else None,
+                                  "score": 100 * r["metrics"][r["main_metric"]],
+                                  "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
+            complete = [s for s in SEEDS if len(grid.get(s, {})) == len(HELD_OUT_GRID)]
+            if not complete and not runs:
+                continue
+            means = {lr: statistics.mean(grid[s][lr] for s in complete) for lr in HELD_OUT_GRID.values()} \
+                if complete else {}
+            best = max(means, key=means.get) if means else None
+            for seed, run in runs.items():
+                paired = seed in complete
+                run["diff"] = run["score"] - grid[seed][best] if paired else None
+                run["collapsed"] = (run["score"] < grid[seed][min(HELD_OUT_GRID.values())] - COLLAPSE_POINTS
+                                    if paired else None)
+            per_task[task] = {"seeds_complete": complete, "means": {str(k): v for k, v in means.items()},
+                              "best": best, "runs": {str(s): r for s, r in sorted(runs.items())}}
+        if per_task:
+            checks.append({"name": name, "folder": rel, "tasks": per_task})
+    return checks
+
+
+def _lr(x: float) -> str:
+    """An LR as the README writes it: 4.2e-5, 1e-4."""
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _held_out_lines(checks: list[dict]) -> list[str]:
+    if not checks:
+        return []
+    lrs = list(HELD_OUT_GRID.values())
+    lines = ["", "## Held out: the default, untouched after calibration, on a new task and a new model", "",
+             "Each check against its own grid (mean over the seeds where the grid is complete, `n`); `lr-find` per "
+             "seed: picked LR (`capped from`: the uncapped pick; `fallback`: trained at "
+             f"{_lr(LR_FIND_FALLBACK)}): score; `vs best`: seed-paired difference to the same seed's run at the best "
+             f"grid LR; `collapsed`: runs more than {COLLAPSE_POINTS:g} points below the same seed's 2e-5 run; "
+             "cost: the test's time over the run's training time.", "",
+             "| check | task | n | " + " | ".join(_lr(lr) for lr in lrs) + " | best | "
+             + " | ".join(f"lr-find seed {s}" for s in SEEDS) + " | vs best | collapsed | cost |",
+             "|---|---|---|" + "---:|" * len(lrs) + "---|" + "---|" * len(SEEDS) + "---|---|---|"]
+    for check in checks:
+        for task, t in check["tasks"].items():
+            cells = []
+            for seed in map(str, SEEDS):
+                r = t["runs"].get(seed)
+                if r is None:
+                    cells.append("—")
+                    continue
+                pick = "fallback" if r["fallback"] else _lr(r["lr"])
+                if r["capped_from"] is not None:
+                    pick += f" (capped from {_lr(r['capped_from'])})"
+                cells.append(f"{pick}: {r['score']:.2f}")
+            runs = list(t["runs"].values())
+            diffs = [r["diff"] for r in runs if r["diff"] is not None]
+            judged = [r for r in runs if r["collapsed"] is not None]
+            cost = [100 * r["test_s"] / r["train_s"] for r in runs]
+            lines.append(
+                f"| {check['name']} | {task} | {len(t['seeds_complete'])} | "
+                + " | ".join(f"{t['means'][str(lr)]:.2f}" if str(lr) in t["means"] else "—" for lr in lrs)
+                + f" | {_lr(t['best']) if t['best'] else '—'} | " + " | ".join(cells)
+                + f" | {_ci(diffs)} | {sum(r['collapsed'] for r in judged)} of {len(judged)} | "
+                + (f"{min(cost):.1f}-{max(cost):.1f}% |" if cost else "— |"))
+    return lines
 
 
 def markdown(ev: dict) -> str:
@@ -312,6 +413,7 @@ def markdown(ev: dict) -> str:
             cells.append(_ci(r["diffs"]) + (f"; {r['outside']} unscored" if r["outside"] else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_ci(row['average']['diffs'])} |")
     lines += _trained_lines(ev["trained"])
+    lines += _held_out_lines(ev["held_out"])
     return "\n".join(lines) + "\n"
 
 
