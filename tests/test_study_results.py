@@ -92,3 +92,16 @@ def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
     md = "\n".join(lr_rules._held_out_lines([check]))
     assert "| 4e-5: 85.00 | 1e-4 (capped from 6e-4): 70.00 | 5e-5: 90.00 | -7.00 [" in md
     assert "| 1 of 2 |" in md  # one collapse among the two paired runs
+
+
+def test_readme_held_out_table_is_the_generated_one():
+    """README.md's held-out table (issue 26) is copied from results/minilm/lr_rules.md, not typed by hand."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        block = re.search(r"<!-- held-out-table -->\n(.*?)<!-- /held-out-table -->", f.read(), re.S)
+    assert block, "README.md has no <!-- held-out-table --> ... <!-- /held-out-table --> block"
+    table = [line.strip() for line in block.group(1).strip().splitlines()]
+    with open(os.path.join(STUDY, "lr_rules.md")) as f:
+        generated = f.read().splitlines()
+    assert len(table) >= 3 and table[0].startswith("| check |")
+    missing = [line for line in table if line not in generated]
+    assert not missing, f"README.md's held-out table is not in results/minilm/lr_rules.md (copy it again): {missing}"
