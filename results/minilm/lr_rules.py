@@ -258,6 +258,13 @@ def evaluate(out: str) -> dict:
             "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()} for t, d in grid.items()}}
 
 
+def _finder_run(r: dict) -> dict:
+    """What the tables read from one ``lr-find`` run's results.json."""
+    return {"lr": float(r["lr_find"]["learning_rate"]), "fallback": bool(r["lr_find"].get("fallback")),
+            "score": 100 * r["metrics"][r["main_metric"]],
+            "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
+
+
 def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
     """The default finder's own runs (``lr-find``): per task and seed the picked LR, whether it fell back, the score
     minus the same seed's run at the task's best grid LR, and the test's time over the run's training time."""
@@ -267,11 +274,8 @@ def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
             r = _load(os.path.join(out, task, TRAINED_CELL, f"seed{seed}", "results.json"))
             if r is None or "metrics" not in r or task not in best or best[task] not in grid[task].get(seed, {}):
                 continue
-            score = 100 * r["metrics"][r["main_metric"]]
-            runs.setdefault(task, {})[seed] = {
-                "lr": float(r["lr_find"]["learning_rate"]), "fallback": bool(r["lr_find"].get("fallback")),
-                "score": score, "diff": score - grid[task][seed][best[task]],
-                "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
+            run = _finder_run(r)
+            runs.setdefault(task, {})[seed] = {**run, "diff": run["score"] - grid[task][seed][best[task]]}
     return {task: {str(seed): run for seed, run in by_seed.items()} for task, by_seed in runs.items()}
 
 
@@ -298,11 +302,8 @@ def held_out(out: str) -> list[dict]:
                 r = _load(os.path.join(folder, task, TRAINED_CELL, f"seed{seed}", "results.json"))
                 if r is not None and "metrics" in r:
                     test = r["lr_find"]["tests"][0]
-                    runs[seed] = {"lr": float(r["lr_find"]["learning_rate"]),
-                                  "fallback": bool(r["lr_find"].get("fallback")),
-                                  "capped_from": test["suggestions"][test["rule"]] if test.get("capped") else None,
-                                  "score": 100 * r["metrics"][r["main_metric"]],
-                                  "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
+                    runs[seed] = {**_finder_run(r), "capped_from":
+                                  test["suggestions"][test["rule"]] if test.get("capped") else None}
             complete = [s for s in SEEDS if len(grid.get(s, {})) == len(HELD_OUT_GRID)]
             if not complete and not runs:
                 continue
