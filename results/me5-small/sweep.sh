@@ -11,7 +11,6 @@
 #   TASKS=mrpc,stsb CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source results/me5-small/settings.sh  # PY, MODEL, DATA, COMMON
 declare -A CELL=(
   [baseline]="--preset baseline"
   [uniform-2.5x]="--preset baseline --learning_rate 5e-5"
@@ -28,6 +27,7 @@ for name in ${CELLS//,/ }; do
   if [ -z "${CELL[$name]+set}" ]; then echo "error: unknown cell '$name' in CELLS; known: ${!CELL[*]}" >&2; exit 2; fi
   ARGS+=(--cell "$name=${CELL[$name]}")
 done
+source results/me5-small/settings.sh  # after the cells are checked; PY, MODEL, DATA, COMMON
 for seed in ${SEEDS:-1 2 3}; do
   $PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc,stsb,cola}" --seeds "$seed" --out results/me5-small \
       "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them

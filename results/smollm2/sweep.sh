@@ -10,7 +10,6 @@
 #   lora-freeze50   adapters of the bottom half (blocks 1-15) frozen: no gradient, no optimizer state below the cut
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-source results/smollm2/settings.sh  # PY, MODEL, DATA, COMMON
 declare -A CELL=(
   [lora]="--preset baseline"
   [loraplus]="--preset baseline --loraplus_ratio 16"
@@ -20,7 +19,11 @@ declare -A CELL=(
 )
 CELLS=${CELLS:-lora,loraplus,lora-top3x5,lora-llrd,lora-freeze50}
 ARGS=()
-for name in ${CELLS//,/ }; do ARGS+=(--cell "$name=${CELL[$name]}"); done
+for name in ${CELLS//,/ }; do
+  if [ -z "${CELL[$name]+set}" ]; then echo "error: unknown cell '$name' in CELLS; known: ${!CELL[*]}" >&2; exit 2; fi
+  ARGS+=(--cell "$name=${CELL[$name]}")
+done
+source results/smollm2/settings.sh  # after the cells are checked; PY, MODEL, DATA, COMMON
 for seed in ${SEEDS:-1 2 3}; do
   $PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc}" --seeds "$seed" --out results/smollm2 \
       "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them
