@@ -48,8 +48,8 @@ def _without_times(markdown):
                      for line in markdown.splitlines())
 
 
-def _three_cells(setup, out):
-    cmd = _cmd(setup, out, "--cell", "lr2x=--preset baseline --learning_rate 2e-3")
+def _two_cells(setup, out):
+    cmd = _cmd(setup, out)  # baseline and lr5x
     cmd[cmd.index("--seeds") + 1] = "1"
     return cmd
 
@@ -57,22 +57,21 @@ def _three_cells(setup, out):
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_cells(setup, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    reference = Started(_three_cells(setup, straight), env=ENV)  # meanwhile: kill and resume its twin
-    proc = subprocess.Popen(_three_cells(setup, killed), env=ENV, stdout=subprocess.DEVNULL,
+    reference = Started(_two_cells(setup, straight), env=ENV)  # meanwhile: kill and resume its twin
+    proc = subprocess.Popen(_two_cells(setup, killed), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once the second cell has finished and the third is running
-        done = [p for p in killed.glob("rte/*/seed*/results.json")]
-        if len(done) >= 2:
+    deadline = time.time() + 600  # a bound for a hung sweep, not a speed requirement (CI hosts differ a lot)
+    while time.time() < deadline and proc.poll() is None:  # kill once the first cell has finished
+        if list(killed.glob("rte/*/seed*/results.json")):
             break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep, as a crash would; its run notices and stops
     proc.wait()
     assert all(_lock_free(lock) for lock in killed.glob("rte/*/seed*/.hf_layerwise.lock"))
     finished = {p: p.stat().st_mtime_ns for p in killed.glob("rte/*/seed*/results.json")}
-    assert len(finished) == 2
-    out = subprocess.run(_three_cells(setup, killed), env=ENV, check=True, capture_output=True, text=True).stdout
-    assert "2 already complete, 1 to run" in out
+    assert len(finished) == 1, "the sweep ended before it could be killed"
+    out = subprocess.run(_two_cells(setup, killed), env=ENV, check=True, capture_output=True, text=True).stdout
+    assert "1 already complete, 1 to run" in out
     for path, mtime in finished.items():
         assert path.stat().st_mtime_ns == mtime  # not re-run
     reference.wait()
@@ -343,7 +342,7 @@ def _sweep_with_a_long_run(setup, out, *extra):
     sweep = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
     lock = out / "rte" / "baseline" / "seed1" / ".hf_layerwise.lock"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # start-up under load (tests in parallel) can take a minute
     while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
         time.sleep(0.1)
     assert lock.exists(), "the run did not start"
