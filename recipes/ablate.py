@@ -12,7 +12,9 @@ a non-finite loss) is recorded (status.json with its error) and the sweep goes o
 sweeps of one task out of one folder, while sweeps of different tasks may share it (on a 2-core CPU, two sweeps with
 OMP_NUM_THREADS=1 keep both cores busy). Options after ``--`` (or any option ablate.py does not know) go to every glue.py run; a cell's own
 options come after them and win. ``--launcher "accelerate launch --num_processes 1"`` runs each cell under
-accelerate. Tasks, cells and every cell's options are checked before the first run.
+accelerate. ``--jobs N`` runs N cells at a time in the same order (small runs sharing one GPU, or several CPU cores:
+each run gets OMP_NUM_THREADS = cores / N unless it is set; the report marks their times as measured under shared
+load). Tasks, cells and every cell's options are checked before the first run.
 
 The training child runs in its own process group and ends with the sweep: Ctrl-C or SIGTERM stop it (the cell is
 recorded as interrupted), and if the sweep is killed outright the run notices (``HF_LAYERWISE_SWEEP_PID``) and stops.
@@ -182,14 +184,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-class Interrupted(Exception):
-    """The sweep got SIGINT or SIGTERM; its running cell was stopped."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def _die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the sweep dies (Linux; the run also watches the sweep's pid)."""
     try:
@@ -198,30 +192,30 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_cell(cmd: list[str], folder: str, log_path: str) -> tuple[bool, str]:
-    """Run one cell in its own process group; on SIGINT/SIGTERM stop the whole group and raise ``Interrupted``."""
-    env = {**os.environ, SWEEP_PID_ENV: str(os.getpid())}
-    received: list[int] = []
+@dataclass
+class _Run:
+    """One started cell: its training process (own process group) and what status.json records."""
+    task: str
+    cell: str
+    seed: int
+    folder: str
+    proc: subprocess.Popen
+    status: dict
+    start: float
 
-    def stop(signum: int, frame: object) -> None:
-        received.append(signum)
 
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
-            while proc.poll() is None and not received:
-                time.sleep(0.2)
-            if received:
-                _stop_group(proc)
-                raise Interrupted(received[0])
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+def start_cell(cmd: list[str], folder: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start one cell in its own process group, output to ``folder``/log.txt."""
+    with open(os.path.join(folder, "log.txt"), "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+
+
+def cell_outcome(proc: subprocess.Popen, folder: str) -> tuple[bool, str]:
+    """(ok, error) of a finished cell: ok when it exited 0 and left a complete results.json."""
     if proc.returncode == 0 and is_complete(folder):
         return True, ""
-    with open(log_path, errors="replace") as f:
+    with open(os.path.join(folder, "log.txt"), errors="replace") as f:
         tail = f.read()[-3000:]
     what = f"exit code {proc.returncode}" if proc.returncode else f"exit code 0 but no complete {folder}/results.json"
     return False, f"{what}\n{tail}"
@@ -241,6 +235,23 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
             continue
 
 
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cell_env(jobs: int) -> dict[str, str]:
+    """The environment of every run: the sweep's pid (a run stops when the sweep is gone) and, with ``jobs`` > 1 and
+    no OMP_NUM_THREADS of the user's, an equal share of the CPU cores per run (else each of N runs would start as
+    many threads as there are cores)."""
+    env = {**os.environ, SWEEP_PID_ENV: str(os.getpid())}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, usable_cpus() // jobs))
+    return env
+
+
 def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     try:
         tasks = [get_task(t).name for t in args.tasks.split(",") if t.strip()]
@@ -252,6 +263,12 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
         raise UsageError(f"--tasks {args.tasks!r}: no task")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: exists and is not a folder")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be 1 or more (the number of runs at a time)")
+    if args.jobs > 1 and args.launcher:
+        raise UsageError(f"--jobs {args.jobs} with --launcher: launched runs of several processes would all "
+                         "rendezvous on one port; run one sweep per launcher, each with its own --main_process_port "
+                         "(and its own --tasks), or drop --jobs")
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
     if not launcher or shutil.which(launcher[0]) is None:
         raise UsageError(f"--launcher {args.launcher!r}: {launcher[0] if launcher else 'nothing'} is not a program "
@@ -260,13 +277,39 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     # seed-major, then cell, then task: every (task, cell) gets seed 1 before any gets seed 2, and each cell is
     # run on all tasks before the next cell starts, so a partial sweep already holds paired, comparable cells
     plan = [(t, c, s) for s in seeds for c in cells for t in tasks]
-    failures = 0
+    env = cell_env(args.jobs)
     with SweepLock(args.out, tasks):
         todo = [(t, c, s) for t, c, s in plan if not is_complete(os.path.join(args.out, t, c.name, f"seed{s}"))]
+        at_a_time = f", {args.jobs} at a time" if args.jobs > 1 else ""
         print(f"sweep: {len(plan)} cells ({len(tasks)} tasks x {len(cells)} cells x {len(seeds)} seeds), "
-              f"{len(plan) - len(todo)} already complete, {len(todo)} to run", flush=True)
-        spent: list[float] = []
-        for i, (task, cell, seed) in enumerate(todo, 1):
+              f"{len(plan) - len(todo)} already complete, {len(todo)} to run{at_a_time}", flush=True)
+        if args.jobs > 1:
+            threads = env.get("OMP_NUM_THREADS", "?")
+            note = f" (more runs than the {usable_cpus()} CPU cores: they share cores)" \
+                if args.jobs > usable_cpus() else ""
+            print(f"sweep: {args.jobs} runs at a time, OMP_NUM_THREADS={threads} each{note}; their train times "
+                  "overlap, so the report marks them as measured under shared load", flush=True)
+        received: list[int] = []
+
+        def stop(signum: int, frame: object) -> None:
+            received.append(signum)
+
+        previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return _run_all(args, todo, forwarded, launcher, env, received)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _run_all(args: argparse.Namespace, todo: list[tuple[str, Cell, int]], forwarded: list[str],
+             launcher: list[str], env: dict[str, str], received: list[int]) -> int:
+    """Run ``todo`` in order, up to ``args.jobs`` at a time; on SIGINT/SIGTERM (``received``) stop every running
+    cell, record it as interrupted and return 128 + the signal."""
+    pending, running, spent, failures, done = list(todo), [], [], 0, 0
+    while pending or running:
+        while pending and len(running) < args.jobs and not received:
+            task, cell, seed = pending.pop(0)
             folder = os.path.join(args.out, task, cell.name, f"seed{seed}")
             os.makedirs(folder, exist_ok=True)
             cmd = [*launcher, GLUE_RECIPE, *forwarded, "--task_name", task, "--seed", str(seed), "--output_dir",
@@ -276,29 +319,38 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
             status = {"task": task, "cell": cell.name, "seed": seed, "command": shlex.join(cmd),
                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}
             write_json_atomic(os.path.join(folder, "status.json"), {**status, "status": "running"})
-            start = time.time()
-            try:
-                ok, error = run_cell(cmd, folder, os.path.join(folder, "log.txt"))
-            except Interrupted as stop:
-                status.update(status="interrupted", seconds=round(time.time() - start, 1), error=str(stop))
-                write_json_atomic(os.path.join(folder, "status.json"), status)
-                print(f"sweep interrupted ({stop}) during {task}/{cell.name}/seed{seed}: the run was stopped; the "
-                      "same command continues the sweep", flush=True)
-                return 128 + stop.signum
-            spent.append(time.time() - start)
-            status.update(status="complete" if ok else "failed", seconds=round(spent[-1], 1), error=error or None)
-            write_json_atomic(os.path.join(folder, "status.json"), status)
+            running.append(_Run(task, cell.name, seed, folder, start_cell(cmd, folder, env), status, time.time()))
+        if received:
+            for run in running:
+                _stop_group(run.proc)
+            for run in running:
+                run.status.update(status="interrupted", seconds=round(time.time() - run.start, 1),
+                                  error=signal.Signals(received[0]).name)
+                write_json_atomic(os.path.join(run.folder, "status.json"), run.status)
+            where = ", ".join(f"{r.task}/{r.cell}/seed{r.seed}" for r in running) or "no run"
+            print(f"sweep interrupted ({signal.Signals(received[0]).name}) during {where}: "
+                  f"{'the runs were' if len(running) > 1 else 'the run was'} stopped; the same command continues "
+                  "the sweep", flush=True)
+            return 128 + received[0]
+        for run in [r for r in running if r.proc.poll() is not None]:
+            running.remove(run)
+            ok, error = cell_outcome(run.proc, run.folder)
+            spent.append(time.time() - run.start)
+            run.status.update(status="complete" if ok else "failed", seconds=round(spent[-1], 1), error=error or None)
+            write_json_atomic(os.path.join(run.folder, "status.json"), run.status)
             if ok:  # checkpoints and weights are not results (only what the run's manifest lists is removed)
-                remove_run_files(folder, (*CHECKPOINT_PREFIXES, "best_model"))
-                with open(os.path.join(folder, "results.json")) as f:
+                remove_run_files(run.folder, (*CHECKPOINT_PREFIXES, "best_model"))
+                with open(os.path.join(run.folder, "results.json")) as f:
                     result = json.load(f)
                 outcome = f"{result['main_metric']}={main_value(result):.4f}"
             else:
                 failures += 1
-                outcome = f"FAILED ({error.splitlines()[0]}; see {folder}/status.json)"
-            eta = statistics.mean(spent) * (len(todo) - i)
-            print(f"[{i}/{len(todo)}] {task}/{cell.name}/seed{seed}: {outcome} in {_duration(spent[-1])}; "
-                  f"ETA {_duration(eta)}", flush=True)
+                outcome = f"FAILED ({error.splitlines()[0]}; see {run.folder}/status.json)"
+            done += 1
+            eta = statistics.mean(spent) * math.ceil((len(todo) - done) / args.jobs)
+            print(f"[{done}/{len(todo)}] {run.task}/{run.cell}/seed{run.seed}: {outcome} in "
+                  f"{_duration(spent[-1])}; ETA {_duration(eta)}", flush=True)
+        time.sleep(0.2)
     print(f"sweep done: {len(todo) - failures} ran, {failures} failed", flush=True)
     return 1 if failures else 0
 
@@ -788,6 +840,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seeds", default="1-3", help="e.g. 1-5 or 1,2,7")
     run.add_argument("--out", required=True)
     run.add_argument("--launcher", default=None, help='e.g. "accelerate launch --num_processes 1"')
+    run.add_argument("--jobs", type=int, default=1,
+                     help="runs at a time (default 1); e.g. several small runs sharing one GPU. Each gets "
+                          "OMP_NUM_THREADS = CPU cores / jobs unless set")
     rep = sub.add_parser("report", help="summary.csv / summary.md / summary.png of a sweep folder", allow_abbrev=False)
     rep.add_argument("out")
     rep.add_argument("--compare_to", action="append", default=[],

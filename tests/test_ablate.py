@@ -48,16 +48,24 @@ def _without_times(markdown):
                      for line in markdown.splitlines())
 
 
-def _two_cells(setup, out):
-    cmd = _cmd(setup, out)  # baseline and lr5x
+def _two_cells(setup, out, *extra):
+    cmd = _cmd(setup, out, *extra)  # baseline and lr5x
     cmd[cmd.index("--seeds") + 1] = "1"
     return cmd
 
 
+def _span(status_file):
+    status = json.loads(status_file.read_text())
+    start = time.mktime(time.strptime(status["started"], "%Y-%m-%d %H:%M:%S"))
+    return start, start + status["seconds"]
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_cells(setup, tmp_path):
+    """Also: the uninterrupted twin runs its two cells side by side (--jobs 2) and ends where the serial, killed and
+    resumed sweep ends."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    reference = Started(_two_cells(setup, straight), env=ENV)  # meanwhile: kill and resume its twin
+    reference = Started(_two_cells(setup, straight, "--jobs", "2"), env=ENV)  # meanwhile: kill and resume its twin
     proc = subprocess.Popen(_two_cells(setup, killed), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600  # a bound for a hung sweep, not a speed requirement (CI hosts differ a lot)
@@ -76,6 +84,27 @@ def test_killed_sweep_resumes_without_rerunning_finished_cells(setup, tmp_path):
         assert path.stat().st_mtime_ns == mtime  # not re-run
     reference.wait()
     assert _summary(straight) == _summary(killed)
+    (a0, a1), (b0, b1) = (_span(p) for p in sorted(straight.glob("rte/*/seed1/status.json")))
+    assert a0 < b1 and b0 < a1, "--jobs 2 ran the cells one after the other"
+
+
+def test_jobs_bad_values_end_in_one_line(setup, tmp_path):
+    with pytest.raises(ablate.UsageError, match=r"^--jobs 0: must be 1 or more"):
+        ablate.main(_cmd(setup, tmp_path, "--jobs", "0")[2:])
+    with pytest.raises(ablate.UsageError, match=r"^--jobs 2 with --launcher: .* own --main_process_port"):
+        ablate.main(_cmd(setup, tmp_path, "--jobs", "2", "--launcher", "accelerate launch")[2:])
+    assert not tmp_path.joinpath("rte").exists()  # refused before anything was written
+
+
+def test_jobs_share_the_cores_unless_the_user_set_threads(monkeypatch):
+    monkeypatch.setattr(ablate, "usable_cpus", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert ablate.cell_env(4)["OMP_NUM_THREADS"] == "4"
+    assert ablate.cell_env(32)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in ablate.cell_env(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert ablate.cell_env(4)["OMP_NUM_THREADS"] == "3"
+    assert ablate.cell_env(4)[ablate.SWEEP_PID_ENV] == str(os.getpid())
 
 
 def test_failing_cell_is_recorded_and_the_sweep_goes_on(setup, tmp_path):
@@ -335,18 +364,19 @@ def test_report_counts_nan_and_missing_metrics_as_failed(tmp_path):
     assert not ablate.is_complete(str(tmp_path / "stsb" / "top3x5" / "seed2"))  # a new sweep runs it again
 
 
-def _sweep_with_a_long_run(setup, out, *extra):
-    """A sweep whose first cell trains for minutes; returns (sweep process, pid of the training process)."""
+def _sweep_with_a_long_run(setup, out, *extra, cells=("baseline",)):
+    """A sweep whose cells train for minutes; returns (sweep process, pids of the training processes of ``cells``,
+    once they have all started)."""
     cmd = _cmd(setup, out, *extra) + ["--num_train_epochs", "500"]
     cmd[cmd.index("--seeds") + 1] = "1"
     sweep = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
-    lock = out / "rte" / "baseline" / "seed1" / ".hf_layerwise.lock"
+    locks = [out / "rte" / cell / "seed1" / ".hf_layerwise.lock" for cell in cells]
     deadline = time.time() + 600  # start-up under load (tests in parallel) can take a minute
-    while time.time() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+    while time.time() < deadline and not all(p.exists() and p.read_text().startswith("pid") for p in locks):
         time.sleep(0.1)
-    assert lock.exists(), "the run did not start"
-    return sweep, int(lock.read_text().split()[1])
+    assert all(p.exists() for p in locks), "the runs did not start"
+    return sweep, [int(p.read_text().split()[1]) for p in locks]
 
 
 def _gone(pid, timeout=30.0):
@@ -384,7 +414,7 @@ def test_sweep_killed_outright_stops_its_run(setup, tmp_path):
     """SIGKILL cannot be forwarded, and under `accelerate launch` the training process is a grandchild: it notices
     that the sweep is gone (HF_LAYERWISE_SWEEP_PID) and stops, releasing the folder for the next sweep."""
     launcher = f"{sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no"
-    sweep, run_pid = _sweep_with_a_long_run(setup, tmp_path, "--launcher", launcher)
+    sweep, (run_pid,) = _sweep_with_a_long_run(setup, tmp_path, "--launcher", launcher)
     try:
         os.kill(sweep.pid, signal.SIGKILL)
         sweep.wait()
@@ -400,14 +430,16 @@ def test_sweep_killed_outright_stops_its_run(setup, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_stopped_by_ctrl_c_stops_its_run(setup, tmp_path):
-    """SIGINT (Ctrl-C); SIGTERM goes through the same handler."""
+    """SIGINT (Ctrl-C); SIGTERM goes through the same handler. Two runs at a time (--jobs 2): both are stopped."""
     signum = signal.SIGINT
-    sweep, run_pid = _sweep_with_a_long_run(setup, tmp_path)
+    sweep, run_pids = _sweep_with_a_long_run(setup, tmp_path, "--jobs", "2", cells=("baseline", "lr5x"))
     os.kill(sweep.pid, signum)
     output = sweep.communicate(timeout=60)[0]
     assert sweep.returncode == 128 + signum, output
-    assert "sweep interrupted" in output and "the same command continues the sweep" in output
-    assert _gone(run_pid, 5)
-    status = json.loads((tmp_path / "rte" / "baseline" / "seed1" / "status.json").read_text())
-    assert status["status"] == "interrupted" and status["error"] == signal.Signals(signum).name
+    assert "sweep interrupted (SIGINT) during rte/baseline/seed1, rte/lr5x/seed1: the runs were stopped" in output
+    assert "the same command continues the sweep" in output
+    assert all(_gone(pid, 5) for pid in run_pids)
+    for cell in ("baseline", "lr5x"):
+        status = json.loads((tmp_path / "rte" / cell / "seed1" / "status.json").read_text())
+        assert status["status"] == "interrupted" and status["error"] == signal.Signals(signum).name
     assert not ablate.crashed_cells(str(tmp_path))  # interrupted is not a crash: the next sweep runs it again

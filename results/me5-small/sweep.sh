@@ -2,7 +2,8 @@
 # The layer-wise LR study at 12 blocks (issue 27): the MiniLM study's cells on multilingual-e5-small, 4 tasks x 3 seeds.
 # Resumable: run it again after a kill and it continues.   bash results/me5-small/sweep.sh   (repository root)
 #   TASKS=mrpc SEEDS="1" CELLS=baseline,uniform-5x bash results/me5-small/sweep.sh     runs a part of it
-# Seed by seed, so a partial sweep already pairs every cell on every task.
+#   RESULTS_DIR=results/me5-small-gpu JOBS=12 bash results/me5-small/sweep.sh     12 runs at a time into another folder (GPU)
+# Seed by seed (ablate.py's order), so a partial sweep already pairs every cell on every task.
 # Cells: baseline (2e-5 everywhere), uniform-5x (1e-4 everywhere), top3x5 (top 3 of 12 blocks at 5x), top3x5-freeze
 # (embeddings and blocks 1-6 frozen, frozen-feature cache), top3x5-freeze25 (embeddings and blocks 1-3 frozen, cache),
 # llrd-0.8 (ELECTRA's layer-wise decay, at 1e-4).
@@ -27,9 +28,10 @@ for name in ${CELLS//,/ }; do
   if [ -z "${CELL[$name]+set}" ]; then echo "error: unknown cell '$name' in CELLS; known: ${!CELL[*]}" >&2; exit 2; fi
   ARGS+=(--cell "$name=${CELL[$name]}")
 done
+if ! [[ ${JOBS:-1} =~ ^[1-9][0-9]*$ ]]; then echo "error: JOBS='$JOBS': the number of runs at a time, 1 or more" >&2; exit 2; fi
 source results/me5-small/settings.sh  # after the cells are checked; PY, MODEL, DATA, COMMON
-for seed in ${SEEDS:-1 2 3}; do
-  $PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc,stsb,cola}" --seeds "$seed" --out results/me5-small \
-      "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them
-done
-$PY recipes/ablate.py report results/me5-small --compare_to uniform-5x
+RESULTS=${RESULTS_DIR:-results/me5-small}   # CPU and GPU results go in separate folders
+SEEDS=${SEEDS:-1 2 3}
+$PY recipes/ablate.py run --tasks "${TASKS:-rte,mrpc,stsb,cola}" --seeds "${SEEDS// /,}" --out "$RESULTS" \
+    --jobs "${JOBS:-1}" "${ARGS[@]}" -- "${COMMON[@]}" || true   # failed cells are recorded; the report lists them
+$PY recipes/ablate.py report "$RESULTS" --compare_to uniform-5x
