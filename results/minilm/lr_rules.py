@@ -62,7 +62,8 @@ SEEDS = (1, 2, 3)  # the grid's seeds
 # a model it never saw, each against its own grid (the cells of this study's grid without 2e-4). Folders are relative
 # to this study's folder; a check without runs yet is left out of the tables.
 HELD_OUT = (("MiniLM (6 blocks), first 8000 examples", "../minilm-sst2", ("sst2",)),
-            ("e5-small (12 blocks)", "../me5-small", ("mrpc", "stsb")))
+            ("e5-small (12 blocks)", "../me5-small", ("mrpc", "stsb")),
+            ("e5-small (12 blocks), GPU", "../me5-small-gpu", ("mrpc", "stsb")))  # bench/gpu_study.sh
 HELD_OUT_GRID = {k: v for k, v in GRID.items() if v <= 1e-4}
 COLLAPSE_POINTS = 5.0  # a run more than this many points (x100) below the same seed's 2e-5 run counts as collapsed
 LAG_SEEDS = (1, 2, 3, 4, 5)  # the recorded curves (issue 15 ran 5 seeds)
