@@ -221,18 +221,24 @@ def cell_outcome(proc: subprocess.Popen, folder: str) -> tuple[bool, str]:
     return False, f"{what}\n{tail}"
 
 
-def _stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM to the child's process group (launcher and training processes), SIGKILL after ``grace_s``."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def _stop_groups(procs: list[subprocess.Popen], grace_s: float = 20.0) -> None:
+    """SIGTERM to each child's process group (launcher and training processes) at once; SIGKILL to those still
+    running ``grace_s`` later."""
+    def signal_all(sig: int) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    signal_all(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    while any(proc.poll() is None for proc in procs) and time.time() < deadline:
+        time.sleep(0.1)
+    signal_all(signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
 
 
 def usable_cpus() -> int:
@@ -321,8 +327,7 @@ def _run_all(args: argparse.Namespace, todo: list[tuple[str, Cell, int]], forwar
             write_json_atomic(os.path.join(folder, "status.json"), {**status, "status": "running"})
             running.append(_Run(task, cell.name, seed, folder, start_cell(cmd, folder, env), status, time.time()))
         if received:
-            for run in running:
-                _stop_group(run.proc)
+            _stop_groups([run.proc for run in running])
             for run in running:
                 run.status.update(status="interrupted", seconds=round(time.time() - run.start, 1),
                                   error=signal.Signals(received[0]).name)
