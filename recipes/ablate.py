@@ -283,17 +283,17 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
     # seed-major, then cell, then task: every (task, cell) gets seed 1 before any gets seed 2, and each cell is
     # run on all tasks before the next cell starts, so a partial sweep already holds paired, comparable cells
     plan = [(t, c, s) for s in seeds for c in cells for t in tasks]
-    env = cell_env(args.jobs)
     with SweepLock(args.out, tasks):
         todo = [(t, c, s) for t, c, s in plan if not is_complete(os.path.join(args.out, t, c.name, f"seed{s}"))]
-        at_a_time = f", {args.jobs} at a time" if args.jobs > 1 else ""
+        jobs = min(args.jobs, max(1, len(todo)))  # the cores are shared among the runs that can run at once
+        env = cell_env(jobs)
+        at_a_time = f", {jobs} at a time" if jobs > 1 else ""
         print(f"sweep: {len(plan)} cells ({len(tasks)} tasks x {len(cells)} cells x {len(seeds)} seeds), "
               f"{len(plan) - len(todo)} already complete, {len(todo)} to run{at_a_time}", flush=True)
-        if args.jobs > 1:
+        if jobs > 1:
             threads = env.get("OMP_NUM_THREADS", "?")
-            note = f" (more runs than the {usable_cpus()} CPU cores: they share cores)" \
-                if args.jobs > usable_cpus() else ""
-            print(f"sweep: {args.jobs} runs at a time, OMP_NUM_THREADS={threads} each{note}; their train times "
+            note = f" (more runs than the {usable_cpus()} CPU cores: they share cores)" if jobs > usable_cpus() else ""
+            print(f"sweep: {jobs} runs at a time, OMP_NUM_THREADS={threads} each{note}; their train times "
                   "overlap, so the report marks them as measured under shared load", flush=True)
         received: list[int] = []
 
@@ -302,21 +302,21 @@ def sweep(args: argparse.Namespace, forwarded: list[str]) -> int:
 
         previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return _run_all(args, todo, forwarded, launcher, env, received)
+            return _run_all(args.out, jobs, todo, forwarded, launcher, env, received)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
 
-def _run_all(args: argparse.Namespace, todo: list[tuple[str, Cell, int]], forwarded: list[str],
-             launcher: list[str], env: dict[str, str], received: list[int]) -> int:
-    """Run ``todo`` in order, up to ``args.jobs`` at a time; on SIGINT/SIGTERM (``received``) stop every running
+def _run_all(out: str, jobs: int, todo: list[tuple[str, Cell, int]], forwarded: list[str], launcher: list[str],
+             env: dict[str, str], received: list[int]) -> int:
+    """Run ``todo`` in order, up to ``jobs`` at a time; on SIGINT/SIGTERM (``received``) stop every running
     cell, record it as interrupted and return 128 + the signal."""
     pending, running, spent, failures, done = list(todo), [], [], 0, 0
     while pending or running:
-        while pending and len(running) < args.jobs and not received:
+        while pending and len(running) < jobs and not received:
             task, cell, seed = pending.pop(0)
-            folder = os.path.join(args.out, task, cell.name, f"seed{seed}")
+            folder = os.path.join(out, task, cell.name, f"seed{seed}")
             os.makedirs(folder, exist_ok=True)
             cmd = [*launcher, GLUE_RECIPE, *forwarded, "--task_name", task, "--seed", str(seed), "--output_dir",
                    folder, *cell.options]
@@ -352,7 +352,7 @@ def _run_all(args: argparse.Namespace, todo: list[tuple[str, Cell, int]], forwar
                 failures += 1
                 outcome = f"FAILED ({error.splitlines()[0]}; see {run.folder}/status.json)"
             done += 1
-            eta = statistics.mean(spent) * math.ceil((len(todo) - done) / args.jobs)
+            eta = statistics.mean(spent) * math.ceil((len(todo) - done) / jobs)
             print(f"[{done}/{len(todo)}] {run.task}/{run.cell}/seed{run.seed}: {outcome} in "
                   f"{_duration(spent[-1])}; ETA {_duration(eta)}", flush=True)
         time.sleep(0.2)
