@@ -43,6 +43,22 @@ prepare() {
   echo "prepared: on the device run  bash bench/gpu_study.sh run 8  with carry [\"$DEVICE\"] and timeout_s 600"
 }
 
+group_alive() {  # whether a process of process group $1 is left (without pgrep, which a bare image may lack)
+  $PY - "$1" << 'EOF'
+import os, sys
+
+
+def pgid(pid):
+    try:
+        return os.getpgid(int(pid))
+    except OSError:  # gone meanwhile
+        return None
+
+
+sys.exit(0 if any(pgid(p) == int(sys.argv[1]) for p in os.listdir("/proc") if p.isdigit()) else 1)
+EOF
+}
+
 run() {
   local minutes=${1:-8}
   if ! [[ $minutes =~ ^[0-9]+(\.[0-9]+)?$ ]]; then echo "error: MINUTES '$minutes': a number of minutes" >&2; exit 2; fi
@@ -73,7 +89,8 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "acc
   while kill -0 "$group" 2> /dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 2; done
   if kill -0 "$group" 2> /dev/null; then
     kill -TERM -- "-$group" 2> /dev/null || true
-    while pgrep -g "$group" > /dev/null; do sleep 1; done
+    local waited=0
+    while group_alive "$group" && [ "$waited" -lt 90 ]; do sleep 1; waited=$((waited + 1)); done
     echo "stopped after $minutes minutes: the same call continues"
   fi
   wait "$group" 2> /dev/null || true
