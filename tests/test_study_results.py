@@ -92,6 +92,14 @@ def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
     md = "\n".join(lr_rules._held_out_lines([check]))
     assert "| 4e-5: 85.00 | 1e-4 (capped from 6e-4): 70.00 | 5e-5: 90.00 | -7.00 [" in md
     assert "| 1 of 2 |" in md  # one collapse among the two paired runs
+    assert md.rstrip().endswith("| 1 of 2 | 5.0% |")  # every test took 5 s of 100 s: one value, not 5.0-5.0
+
+    # a grid without any lr-find run yet: nothing judged, shown as such (not "0 of 0")
+    for seed in (1, 2, 3):
+        (held / "sst2" / "lr-find" / f"seed{seed}" / "results.json").unlink()
+    (check,) = lr_rules.held_out(str(study))
+    row = lr_rules._held_out_lines([check])[-1]
+    assert row.endswith("| 1e-4 | — | — | — | — | — | — |"), row
 
 
 def test_readme_held_out_table_is_the_generated_one():

@@ -329,6 +329,12 @@ def _lr(x: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def _span(values: list[float], fmt: str) -> str:
+    """min-max of the values, or the one value when they agree at this precision: 3.9-5.7, 10.3."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
 def _held_out_lines(checks: list[dict]) -> list[str]:
     if not checks:
         return []
@@ -362,8 +368,9 @@ def _held_out_lines(checks: list[dict]) -> list[str]:
                 f"| {check['name']} | {task} | {len(t['seeds_complete'])} | "
                 + " | ".join(f"{t['means'][str(lr)]:.2f}" if str(lr) in t["means"] else "—" for lr in lrs)
                 + f" | {_lr(t['best']) if t['best'] else '—'} | " + " | ".join(cells)
-                + f" | {_ci(diffs)} | {sum(r['collapsed'] for r in judged)} of {len(judged)} | "
-                + (f"{min(cost):.1f}-{max(cost):.1f}% |" if cost else "— |"))
+                + f" | {_ci(diffs)} | "
+                + (f"{sum(r['collapsed'] for r in judged)} of {len(judged)} | " if judged else "— | ")
+                + (f"{_span(cost, '.1f')}% |" if cost else "— |"))
     return lines
 
 
