@@ -451,13 +451,13 @@ def _trained_lines(tr: dict) -> list[str]:
                 cost.setdefault(seed, []).append((r["test_s"], r["train_s"]))
         ratios = [r["test_s"] / r["train_s"] for r in runs.values()]
         lines.append(f"| {task} | " + " | ".join(cells) + f" | {_ci([r['diff'] for r in runs.values()])} | "
-                     f"{100 * min(ratios):.1f}-{100 * max(ratios):.1f}% |")
+                     f"{_span([100 * x for x in ratios], '.1f')}% |")
     complete = [s for s in per_seed if len(per_seed[s]) == len(TASKS)]
     avg = [statistics.mean(per_seed[s]) for s in complete]
     share = [100 * sum(t for t, _ in cost[s]) / sum(x for _, x in cost[s]) for s in complete]
     lines.append("| 4-task average | " + " | ".join(
         f"{statistics.mean(per_seed[s]):+.2f}" if s in complete else "—" for s in map(str, SEEDS))
-        + f" | {_ci(avg)} | " + (f"{min(share):.1f}-{max(share):.1f}% |" if share else "— |"))
+        + f" | {_ci(avg)} | " + (f"{_span(share, '.1f')}% |" if share else "— |"))
     n_fb = sum(r["fallback"] for runs in tr.values() for r in runs.values())
     n = sum(len(runs) for runs in tr.values())
     lines += ["", f"{n_fb} of {n} runs fell back to {LR_FIND_FALLBACK:g}. The 4-task row: per seed the mean of the "
