@@ -361,6 +361,13 @@ def _run_all(out: str, jobs: int, todo: list[tuple[str, Cell, int]], forwarded: 
 
 
 # --------------------------------------------------------------------------------------------- report
+# Mosbach et al.'s failed run (no better than the majority class) has no regression counterpart: a constant
+# prediction has no correlation (0), while a collapsed STS-B run predicts an almost constant value and still scores a
+# few points by chance (e5-small at 1e-4: Spearman 0.053). A regression run fails below this correlation, the usual
+# lower bound of a "weak" one: it explains under 4% of the labels' variance.
+REGRESSION_FAILED = 0.2
+
+
 def collect(out: str, damaged: list[str] | None = None) -> list[dict]:
     """One row per complete run under OUT (task/cell/seedK/results.json); the `task/cell/seedK` of results.json files
     that cannot be read as glue.py's go into ``damaged``."""
@@ -374,15 +381,17 @@ def collect(out: str, damaged: list[str] | None = None) -> list[dict]:
         try:
             with open(os.path.join(root, "results.json")) as f:
                 r = json.load(f)
-            main, task = r["main_metric"], get_task(r["task"]).name
+            main, glue_task = r["main_metric"], get_task(r["task"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             if damaged is not None:  # not a results.json of glue.py (or unreadable): listed with the crashed runs
                 damaged.append("/".join(rel) + " (damaged results.json)")
             continue
         value = main_value(r)
         majority = (r.get("majority_baseline") or {}).get(main, math.nan)
-        rows.append({"task": task, "cell": rel[1], "seed": r.get("seed", rel[2][4:]), "metric": main, "value": value,
-                     "majority": majority, "failed": value is None or value <= majority + 1e-12,
+        failed = (value is None or value <= majority + 1e-12
+                  or (glue_task.is_regression and value < REGRESSION_FAILED))
+        rows.append({"task": glue_task.name, "cell": rel[1], "seed": r.get("seed", rel[2][4:]), "metric": main,
+                     "value": value, "majority": majority, "failed": failed,
                      "train_time_s": r.get("train_time_s"), "trainable_params": r.get("trainable_params"),
                      **{f"metric_{k}": v for k, v in (r.get("metrics") or {}).items()}, **_lr_find_columns(r),
                      "fixed_lr": _fixed_lr(r), **_timing_columns(root, r)})
@@ -686,7 +695,8 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
     lines = ["# Layer-wise LR ablation summary", "",
              "Scores are x100. `diff` is the mean of seed-paired differences to `baseline` (same seed = same data "
              "order and head initialisation) with its 95% t confidence interval. A run *fails* when its main metric "
-             "is no better than predicting the majority class (Mosbach et al. 2021); failed runs are included in "
+             "is no better than predicting the majority class (Mosbach et al. 2021), or for a regression task "
+             f"(STS-B) when its correlation is below {REGRESSION_FAILED:g}; failed runs are included in "
              "the statistics. `train time` is the median wall-clock training time over the seeds, marked † when "
              "some of those runs shared the CPU with other work (another run of this folder overlapped it, or the run "
              "recorded a CPU share per thread below 0.8): such a time says how long the run took, not how fast the "

@@ -347,6 +347,18 @@ def test_crashed_runs_are_listed_under_the_tables(tmp_path):
                        "Runs that crashed (no results; see their status.json): rte/top3x5/seed1\n")
 
 
+def test_report_counts_a_collapsed_regression_run_as_failed(tmp_path):
+    # a constant STS-B prediction scores 0 (the "majority" baseline); a collapsed run predicts an almost constant
+    # value and scores a little above it by chance: failed too, below REGRESSION_FAILED (0.2)
+    for seed, value in ((1, 0.053), (2, 0.1999), (3, 0.2), (4, 0.86), (5, -0.06)):
+        _fake_run(tmp_path, "stsb", "uniform-5x", seed, value, 0.0, metric="spearmanr")
+    _fake_run(tmp_path, "rte", "uniform-5x", 1, 0.54, 0.53)  # classification keeps Mosbach's threshold only
+    summary = {(s["task"], s["cell"]): s for s in ablate.report(str(tmp_path))}
+    assert summary[("stsb", "uniform-5x")]["failed"] == 3
+    assert summary[("rte", "uniform-5x")]["failed"] == 0
+    assert "for a regression task (STS-B) when its correlation is below 0.2" in (tmp_path / "summary.md").read_text()
+
+
 def test_report_counts_nan_and_missing_metrics_as_failed(tmp_path):
     for seed, value in ((1, 0.6), (2, 0.62)):
         _fake_run(tmp_path, "stsb", "baseline", seed, value, 0.0, metric="spearmanr")
