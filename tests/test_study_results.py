@@ -1,9 +1,12 @@
 """The committed study in results/minilm: its summary is what recipes/ablate.py computes from the committed runs'
 results.json files, and the table in README.md is that summary's (no hand-edited or stale numbers)."""
 
+import math
 import os
 import re
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
@@ -113,3 +116,71 @@ def test_readme_held_out_table_is_the_generated_one():
     assert len(table) >= 3 and table[0].startswith("| check |")
     missing = [line for line in table if line not in generated]
     assert not missing, f"README.md's held-out table is not in results/minilm/lr_rules.md (copy it again): {missing}"
+
+
+def _depths():
+    sys.path.insert(0, os.path.join(ROOT, "results", "me5-small"))
+    import depths
+    return depths
+
+
+def test_depths_table_is_recomputed_from_the_committed_runs():
+    """results/me5-small/depths.md (issue 27: 6 vs 12 blocks) is what depths.py computes from the committed runs."""
+    depths = _depths()
+    with open(os.path.join(ROOT, "results", "me5-small", "depths.md")) as f:
+        assert depths.markdown(depths.evaluate()) == f.read(), (
+            "results/me5-small/depths.md is stale: run `python results/me5-small/depths.py > "
+            "results/me5-small/depths.md` and commit it with the runs")
+
+
+def test_depths_pairs_seeds_within_a_model_over_all_four_tasks(tmp_path):
+    import json
+
+    depths = _depths()
+    metric = {"cola": "matthews_correlation", "mrpc": "f1", "rte": "accuracy", "stsb": "spearmanr"}
+
+    def run(folder, task, cell, seed, score, num_layers):
+        path = tmp_path / folder / task / cell / f"seed{seed}"
+        path.mkdir(parents=True)
+        (path / "results.json").write_text(json.dumps({
+            "task": task, "seed": seed, "main_metric": metric[task], "metrics": {metric[task]: score},
+            "majority_baseline": {metric[task]: 0.0}, "train_time_s": 100.0, "num_layers": num_layers,
+            "host": {"boot_id": "boot-1", "cpu_count": 2, "torch_threads": 2, "cpu_share": 0.97}}))
+
+    # 12 blocks: baseline 0.5 on every task; top3x5 +0.04 (seed 1) and +0.08 (seed 2) on every task;
+    # seed 3 of top3x5 lacks RTE: not one of its seeds
+    for seed, gain in ((1, 0.04), (2, 0.08), (3, 0.0)):
+        for task in metric:
+            run("results/me5-small", task, "baseline", seed, 0.5, 12)
+            if not (seed == 3 and task == "rte"):
+                run("results/me5-small", task, "top3x5", seed, 0.5 + gain, 12)
+    run("results/minilm", "rte", "baseline", 1, 0.6, None)  # MiniLM's runs predate num_layers
+    tables = depths.evaluate(str(tmp_path))
+    top = tables["e5-small"]["top3x5"]
+    assert top["runs"] == 11 and top["seeds"] == 2 and top["average"] == pytest.approx(0.56)
+    d = top["vs"]["baseline"]  # paired diffs 0.04, 0.08: mean 0.06, sd 0.0282843, t(0.975, 1) = 12.7062047
+    half = 12.7062047 * 0.0282843 / math.sqrt(2)
+    assert (d["mean"], d["low"], d["high"], d["n"]) == pytest.approx((0.06, 0.06 - half, 0.06 + half, 2), rel=1e-5)
+    assert top["vs"]["uniform-5x"] is None and top["time_ratio"] == pytest.approx(1.0)
+    assert tables["MiniLM-L6"]["baseline"]["seeds"] == 0 and tables["MiniLM-L6"]["baseline"]["runs"] == 1
+    md = depths.markdown(tables)
+    assert "| top3x5 | e5-small | 11 | 2 | 56.00 | +6.00 [-19.41, +31.41] (n=2) | — | 1.00 |" in md
+    assert "| llrd-0.8 | MiniLM-L6 | 0 | 0 | — | — | — | — |" in md
+
+    # a run of another model in a folder: refused with the folder and both numbers
+    run("results/me5-small", "cola", "llrd-0.8", 1, 0.5, 6)
+    with pytest.raises(SystemExit, match="num_layers=6, but .*results/me5-small is the 12-block model's folder"):
+        depths.evaluate(str(tmp_path))
+
+
+def test_readme_depths_table_is_the_generated_one():
+    """README.md's "6 blocks vs 12 blocks" table (issue 27) is copied from results/me5-small/depths.md."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        block = re.search(r"<!-- depths-table -->\n(.*?)<!-- /depths-table -->", f.read(), re.S)
+    assert block, "README.md has no <!-- depths-table --> ... <!-- /depths-table --> block"
+    table = block.group(1).strip().splitlines()
+    with open(os.path.join(ROOT, "results", "me5-small", "depths.md")) as f:
+        generated = f.read().splitlines()
+    assert len(table) >= 3 and table[0].startswith("| cell | model |")
+    missing = [line for line in table if line not in generated]
+    assert not missing, f"README.md's depths table is not in results/me5-small/depths.md (copy it again): {missing}"
