@@ -163,6 +163,7 @@ def test_depths_pairs_seeds_within_a_model_over_all_four_tasks(tmp_path):
     assert (d["mean"], d["low"], d["high"], d["n"]) == pytest.approx((0.06, 0.06 - half, 0.06 + half, 2), rel=1e-5)
     assert top["vs"]["uniform-5x"] is None and top["time_ratio"] == pytest.approx(1.0)
     assert tables["MiniLM-L6"]["baseline"]["seeds"] == 0 and tables["MiniLM-L6"]["baseline"]["runs"] == 1
+    assert math.isnan(tables["MiniLM-L6"]["baseline"]["time_ratio"])  # one task of four: no four-task time either
     md = depths.markdown(tables)
     assert "| top3x5 | e5-small | 11 | 2 | 56.00 | +6.00 [-19.41, +31.41] (n=2) | — | 1.00 |" in md
     assert "| llrd-0.8 | MiniLM-L6 | 0 | 0 | — | — | — | — |" in md

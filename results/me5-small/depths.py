@@ -75,7 +75,9 @@ def model_table(rows: list[dict]) -> dict[str, dict]:
             "runs": sum(r["cell"] == cell for r in rows), "seeds": len(mine),
             "average": statistics.mean(mine.values()) if mine else math.nan,
             "vs": {ref: None if cell == ref else paired_difference(mine, per_seed.get(ref, {})) for ref in REFERENCES},
-            "time_ratio": all_tasks_time_ratio(summary, cell) if any(s["cell"] == cell for s in summary) else math.nan,
+            # over the four tasks, as the average: — while the cell (or the baseline) lacks a task
+            "time_ratio": all_tasks_time_ratio(summary, cell) if {s["task"] for s in summary} == set(TASKS)
+            and any(s["cell"] == cell for s in summary) else math.nan,
         }
     return out
 
@@ -90,7 +92,7 @@ def markdown(tables: dict[str, dict]) -> str:
              + " and ".join(f"`{folder}` ({name}, {blocks} blocks)" for name, folder, blocks in MODELS)
              + ". Four-task average (CoLA, MRPC, RTE, STS-B; x100) over the seeds that finished all four tasks "
              "(`seeds`); differences are seed-paired within one model, with 95% t intervals; `time vs baseline` as "
-             "in `ablate.py report` (— when a task lacks a comparable pair). `runs`: runs of the cell committed, any "
+             "in `ablate.py report`, over the four tasks (— when a task lacks a run or a comparable pair). `runs`: runs of the cell committed, any "
              "task (a complete cell has 4 per seed). `—`: no such run yet.", "",
              "| cell | model | runs | seeds | average | diff to baseline [95% CI] | diff to uniform-5x [95% CI] "
              "| time vs baseline |",
