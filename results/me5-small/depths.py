@@ -27,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "recipes"))
 
-from ablate import BASELINE, _diff_text, _ratio_text, all_tasks_time_ratio, collect, paired_difference, summarize  # noqa: E402
+from ablate import (BASELINE, _diff_text, _ratio_text, all_tasks_time_ratio, collect, paired_difference,  # noqa: E402
+                    seed_averages, summarize)
 
 TASKS = ("cola", "mrpc", "rte", "stsb")
 REFERENCES = (BASELINE, "uniform-5x")
@@ -46,27 +47,21 @@ def model_rows(folder: str, blocks: int) -> list[dict]:
     rows = [r for r in collect(folder) if r["task"] in TASKS]
     for root, _, files in os.walk(folder):
         if "results.json" in files:
-            with open(os.path.join(root, "results.json")) as f:
-                recorded = json.load(f).get("num_layers")
+            try:
+                with open(os.path.join(root, "results.json")) as f:
+                    recorded = json.load(f).get("num_layers")
+            except (OSError, ValueError, AttributeError):  # unreadable: collect() leaves it out of the rows too
+                continue
             if recorded is not None and recorded != blocks:
                 raise SystemExit(f"{root}: results.json records num_layers={recorded}, but {folder} is the "
                                  f"{blocks}-block model's folder")
     return rows
 
 
-def four_task_averages(rows: list[dict]) -> dict[str, dict[int, float]]:
-    """Per cell and seed: the mean of the four tasks' main metrics, for seeds with a score on every task."""
-    by: dict[str, dict[int, dict[str, float]]] = {}
-    for r in rows:
-        if r["value"] is not None:
-            by.setdefault(r["cell"], {}).setdefault(r["seed"], {})[r["task"]] = r["value"]
-    return {cell: {seed: statistics.mean(v.values()) for seed, v in seeds.items() if len(v) == len(TASKS)}
-            for cell, seeds in by.items()}
-
-
 def model_table(rows: list[dict]) -> dict[str, dict]:
     """Per cell of CELLS: seeds (with all four tasks), runs (any task), average, diffs to REFERENCES, time ratio."""
-    per_seed = four_task_averages(rows)
+    # ablate's per-seed averages need every task present in the rows: all four here, or no seed counts yet
+    per_seed = seed_averages(rows) if {r["task"] for r in rows} == set(TASKS) else {}
     summary = summarize(rows)
     out = {}
     for cell in CELLS:
@@ -92,7 +87,8 @@ def markdown(tables: dict[str, dict]) -> str:
              + " and ".join(f"`{folder}` ({name}, {blocks} blocks)" for name, folder, blocks in MODELS)
              + ". Four-task average (CoLA, MRPC, RTE, STS-B; x100) over the seeds that finished all four tasks "
              "(`seeds`); differences are seed-paired within one model, with 95% t intervals; `time vs baseline` as "
-             "in `ablate.py report`, over the four tasks (— when a task lacks a run or a comparable pair). `runs`: runs of the cell committed, any "
+             "in `ablate.py report`, over the four tasks (— when a task lacks a run or a comparable pair). "
+             "`runs`: runs of the cell committed, any "
              "task (a complete cell has 4 per seed). `—`: no such run yet.", "",
              "| cell | model | runs | seeds | average | diff to baseline [95% CI] | diff to uniform-5x [95% CI] "
              "| time vs baseline |",
