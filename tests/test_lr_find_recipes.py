@@ -42,10 +42,13 @@ def _weights(out):
 
 def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
     auto = tmp_path / "auto"
-    launch("glue.py", _args(setup, auto, learning_rate="auto", top_lr_multiplier="auto", save_model="True",
-                          checkpointing_steps="5"))
+    run = launch("glue.py", _args(setup, auto, learning_rate="auto", top_lr_multiplier="auto", save_model="True",
+                                checkpointing_steps="5"))
     r = json.loads((auto / "results.json").read_text())
     found = r["lr_find"]
+    # STS-B is a regression: the pick comes with one line saying why it may collapse the run (issue 26, held out)
+    warned = [line for line in run.stderr.splitlines() if "LR range test on a regression task" in line]
+    assert len(warned) == 1 and f"the pick ({found['learning_rate']:.3g})" in warned[0], run.stderr
     assert [t["kind"] for t in found["tests"]] == ["lr", "multiplier"] and found["tests"][1]["target"] == "top2"
     assert found["tests"][0]["valley"], found["tests"][0]["note"]
     assert found["rule"] == "centred_valley" and found["time_s"] > 0 and found["reused_from"] is None
@@ -94,6 +97,7 @@ def test_fallback_when_the_curve_has_no_valley(setup, tmp_path):
     assert by_default["fallback"] is True and by_default["learning_rate"] == 2e-5
     warned = [line for line in runs[2].stderr.splitlines() if "WARNING hf_layerwise.lr_find: LR range test:" in line]
     assert len(warned) == 1 and "training at 2e-05 (the default --lr_find_fallback)" in warned[0], runs[2].stderr
+    assert "on a regression task" not in runs[2].stderr  # no pick, nothing to warn about: it trains at 2e-5
     assert json.loads((fixed / "results.json").read_text())["lr_find"] is None
     a, b = _weights(auto), _weights(fixed)
     assert all(torch.equal(a[k], b[k]) for k in a), "the fallback run is not the run at the fallback LR"

@@ -28,6 +28,7 @@ from ..layers import LayerMap
 from ..lr_finder import LRFinderResult, find_lr, plot_lr_find, scan_multiplier
 from ..optimizer import create_optimizer, inner_optimizer, param_groups
 from .arguments import LR_FIND_FALLBACK, RecipeArguments
+from .data import get_task
 from .run_dir import write_json_atomic
 
 __all__ = ["LR_FIND_JSON", "LR_FIND_PNG", "PROVISIONAL_LR", "LRChoice", "wants_search", "provisional_lr",
@@ -37,6 +38,11 @@ LR_FIND_JSON = "lr_find.json"
 LR_FIND_PNG = "lr_find.png"
 PROVISIONAL_LR = 1e-3  # the optimizer's base LR until the finder has chosen (the finder sets every group's LR itself)
 logger = logging.getLogger("hf_layerwise.lr_find")
+# Measured on the held-out check of issue 26 (README, "Calibrating the finder"): on a regression task most of the
+# test's descent is a fresh head fitting the label mean, which says little about the LR a 3-epoch run tolerates.
+REGRESSION_WARNING = ("LR range test on a regression task: most of its descent is the head fitting the label mean, so "
+                      "the pick (%.3g) can land where a run collapses (e5-small STS-B: 4.2e-4, Spearman -0.2); check "
+                      "the score, or pass --learning_rate (README, 'Calibrating the finder')")
 
 
 @dataclass
@@ -130,6 +136,8 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
                       f"{result.suggestions[result.rule]:.3g})" if result.capped else "")
             logger.info("LR range test: base learning rate %.3g (%s rule%s; %d steps, %s)", lr, result.rule, capped,
                         len(result.values), result.stopped)
+            if get_task(args.data.task_name).is_regression:
+                logger.warning(REGRESSION_WARNING, lr)
     lr = float(lr)
     if args.auto_top_multiplier:
         logger.warning("--top_lr_multiplier auto: the multiplier scan is a diagnostic, not a recommendation; on the "
