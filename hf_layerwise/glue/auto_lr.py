@@ -41,7 +41,7 @@ logger = logging.getLogger("hf_layerwise.lr_find")
 # Measured on the held-out check of issue 26 (README, "Calibrating the finder"): on a regression task most of the
 # test's descent is a fresh head fitting the label mean, which says little about the LR a 3-epoch run tolerates.
 REGRESSION_WARNING = ("LR range test on a regression task: most of its descent is the head fitting the label mean, so "
-                      "the pick (%.3g) can land where a run collapses (e5-small STS-B: 4.2e-4, Spearman -0.2); check "
+                      "the pick (%.3g) can land where a run collapses (e5-small STS-B: 4.2e-4, Spearman -0.16); check "
                       "the score, or pass --learning_rate (README, 'Calibrating the finder')")
 
 
