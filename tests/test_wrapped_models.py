@@ -5,9 +5,11 @@ run ends (dropout off: 1 and N processes draw different dropout masks). The same
 (layer-wise rates, LoRA+, block 1's adapters frozen) under DDP, FSDP1 and FSDP2."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -19,18 +21,36 @@ import wrapped_run  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.path.dirname(HERE)}
 
 
+def _torchrun(out, env: dict[str, str]) -> None:
+    """wrapped_run.py under DDP, FSDP1 and FSDP2 on 2 gloo processes. One rerun if the first process to fail was
+    killed by a signal (seen once in CI on a loaded 2-core machine: rank 1 aborted inside torch with "terminate called
+    without an active exception"; not reproduced in 26 runs under load here); the rerun is reported as a warning with
+    the first try's output. A Python error (exit code 1), a hang or a second crash fails."""
+    for attempt in (1, 2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                               str(port), os.path.join(HERE, "wrapped_run.py"), str(out), "ddp", "fsdp1", "fsdp2"],
+                              env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0 or attempt == 2 or not _killed_by_a_signal(proc.stderr):
+            break
+        warnings.warn(f"a torchrun worker was killed by a signal; rerunning once. Its output:\n{proc.stderr[-3000:]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _killed_by_a_signal(stderr: str) -> bool:
+    """Whether torchrun's report names a negative exit code (a signal) for the first worker that failed."""
+    found = re.search(r"Root Cause \(first observed failure\):.*?exitcode\s*:\s*(-?\d+)", stderr, re.S)
+    return bool(found) and int(found.group(1)) < 0
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("wrapped")
     for how in ("none", "ckpt", "compile"):
         wrapped_run.train(how, str(out))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), os.path.join(HERE, "wrapped_run.py"), str(out), "ddp", "fsdp1", "fsdp2"],
-                          env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    _torchrun(out, ENV)
     return {how: torch.load(out / f"{how}.pt") for how in ("none", "ckpt", "compile", "ddp", "fsdp1", "fsdp2")}
 
 
@@ -162,17 +182,11 @@ def lora_runs(tmp_path_factory):
     pytest.importorskip("peft")
     out = tmp_path_factory.mktemp("wrapped_lora")
     env = {**ENV, "WRAPPED_MODEL": "lora-llama"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    script = os.path.join(HERE, "wrapped_run.py")
-    one = subprocess.Popen([sys.executable, script, str(out), "none"], env=env, stderr=subprocess.PIPE, text=True)
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(port), script, str(out), "ddp", "fsdp1", "fsdp2"], env=env, capture_output=True,
-                         text=True, timeout=600)
+    one = subprocess.Popen([sys.executable, os.path.join(HERE, "wrapped_run.py"), str(out), "none"], env=env,
+                           stderr=subprocess.PIPE, text=True)
+    _torchrun(out, env)
     _, err = one.communicate(timeout=600)
     assert one.returncode == 0, err[-4000:]
-    assert two.returncode == 0, two.stderr[-4000:]
     return {how: torch.load(out / f"{how}.pt") for how in ("none", "ddp", "fsdp1", "fsdp2")}
 
 

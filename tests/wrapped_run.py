@@ -12,9 +12,16 @@ the per-depth gradient norms and learning rates, the health monitor's records, a
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
 import sys
+import warnings
 
+faulthandler.enable(all_threads=True)  # a crash in C++ (SIGABRT, SIGSEGV) prints every thread's Python stack
+# FSDP1 warns for every block that holds frozen and trainable weights: by design here (LoRA, frozen halves); keep the
+# output short enough that a failure's tail shows what failed
+warnings.filterwarnings("ignore", message=".*has both parameters with requires_grad=True and False")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
@@ -126,7 +133,10 @@ def main() -> None:
         dist.init_process_group("gloo")
     for how in modes:
         train(how, out)
+        gc.collect()  # free this wrapper's hooks and sharded tensors while the process group still exists
+        print(f"rank {os.environ.get('RANK', 0)}: {how} done", file=sys.stderr, flush=True)
     if dist.is_initialized():
+        dist.barrier()  # no rank tears down its group while another still uses it
         dist.destroy_process_group()
 
 
