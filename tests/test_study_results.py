@@ -83,7 +83,8 @@ def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
 
     _write_run(held, "sst2", "lr-find", 1, None, 85.0, test(4e-5, 4e-5))
     _write_run(held, "sst2", "lr-find", 2, None, 70.0, test(1e-4, 6e-4))
-    _write_run(held, "sst2", "lr-find", 3, None, 90.0, test(5e-5, 5e-5))  # seed 3 has no grid: unpaired
+    _write_run(held, "sst2", "lr-find", 3, None, 90.0, test(5e-5, 5e-5))  # seed 3: no complete grid, unpaired
+    _write_run(held, "sst2", "baseline", 3, 2e-5, 84.0)  # ... but its 2e-5 run is enough to judge a collapse
     (check,) = lr_rules.held_out(str(study))
     t = check["tasks"]["sst2"]
     # means: 2e-5 80.5, 5e-5 83.5, 1e-4 84.5 -> best 1e-4
@@ -91,11 +92,10 @@ def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
     runs = t["runs"]
     assert runs["1"]["diff"] == 85.0 - 83.0 and runs["1"]["collapsed"] is False and runs["1"]["capped_from"] is None
     assert runs["2"]["diff"] == 70.0 - 86.0 and runs["2"]["collapsed"] is True and runs["2"]["capped_from"] == 6e-4
-    assert runs["3"]["diff"] is None and runs["3"]["collapsed"] is None
+    assert runs["3"]["diff"] is None and runs["3"]["collapsed"] is False
     md = "\n".join(lr_rules._held_out_lines([check]))
     assert "| 4e-5: 85.00 | 1e-4 (capped from 6e-4): 70.00 | 5e-5: 90.00 | -7.00 [" in md
-    assert "| 1 of 2 |" in md  # one collapse among the two paired runs
-    assert md.rstrip().endswith("| 1 of 2 | 5.0% |")  # every test took 5 s of 100 s: one value, not 5.0-5.0
+    assert md.rstrip().endswith("| 1 of 3 | 5.0% |")  # 1 collapse of 3 runs with a 2e-5 run; 5 s of 100 s each
 
     # a grid without any lr-find run yet: nothing judged, shown as such (not "0 of 0")
     for seed in (1, 2, 3):
