@@ -311,10 +311,9 @@ def held_out(out: str) -> list[dict]:
             means = {lr: statistics.mean(grid[s][lr] for s in complete) for lr in HELD_OUT_GRID.values()} \
                 if complete else {}
             best = max(means, key=means.get) if means else None
+            low = min(HELD_OUT_GRID.values())  # a collapse is judged against the seed's 2e-5 run alone
             for seed, run in runs.items():
-                paired = seed in complete
-                run["diff"] = run["score"] - grid[seed][best] if paired else None
-                low = min(HELD_OUT_GRID.values())  # judged against the seed's 2e-5 run alone: no complete grid needed
+                run["diff"] = run["score"] - grid[seed][best] if seed in complete else None
                 run["collapsed"] = (run["score"] < grid[seed][low] - COLLAPSE_POINTS
                                     if low in grid.get(seed, {}) else None)
             per_task[task] = {"seeds_complete": complete, "means": {str(k): v for k, v in means.items()},
