@@ -532,7 +532,8 @@ def save_checkpoint(run: Run) -> None:
     if acc.is_main_process and os.path.isdir(tmp):
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
-    acc.save_state(tmp)
+    acc.save_state(tmp)  # every process writes its own RNG state file into tmp ...
+    acc.wait_for_everyone()  # ... so none is renamed away while another process still writes into it
     progress.checkpoint_time_s += time.perf_counter() - started
     progress.train_time_s = run.elapsed()
     if acc.is_main_process:

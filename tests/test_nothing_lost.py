@@ -327,3 +327,42 @@ def test_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "b.json").st_mode) == 0o600
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
     assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]  # no temporary file left
+
+
+def test_no_process_renames_a_checkpoint_another_still_writes(tmp_path, monkeypatch):
+    """``save_checkpoint``: every process writes its RNG state into ``.tmp-step_N`` (``accelerator.save_state``); the
+    main process renames that folder to ``step_N`` only after a barrier that follows the save. Without it a second
+    process found its folder gone (CI, 2026-12-07: "Parent directory .../.tmp-step_6 does not exist")."""
+    import torch
+    from types import SimpleNamespace
+
+    calls = []
+
+    class Accelerator:
+        is_main_process = True
+
+        def gather(self, tensor):
+            return tensor
+
+        def wait_for_everyone(self):
+            calls.append("barrier")
+
+        def save_state(self, folder):
+            os.makedirs(folder, exist_ok=True)
+            calls.append("save_state")
+
+    class Progress:
+        completed_steps, checkpoint_time_s, train_time_s, loss_sums = 6, 0.0, 0.0, None
+
+        def save(self, folder):
+            calls.append("progress")
+
+    real_replace = os.replace
+    monkeypatch.setattr(glue_recipe.os, "replace", lambda a, b: (calls.append("rename"), real_replace(a, b)))
+    run = SimpleNamespace(accelerator=Accelerator(), progress=Progress(), model=torch.nn.Linear(2, 2),
+                          running_loss=torch.tensor(0.5), elapsed=lambda: 1.0, settings={"seed": 1},
+                          args=SimpleNamespace(train=SimpleNamespace(output_dir=str(tmp_path))))
+    glue_recipe.save_checkpoint(run)
+    assert (tmp_path / "step_6").is_dir() and not (tmp_path / ".tmp-step_6").exists()
+    saved, renamed = calls.index("save_state"), calls.index("rename")
+    assert "barrier" in calls[saved + 1:renamed], calls
