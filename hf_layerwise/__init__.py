@@ -11,7 +11,7 @@ from .callbacks import HealthCallback, LayerwiseCallback, LayerwiseTrainer, Laye
 from .config import PRESETS, LayerwiseConfig
 from .feature_cache import CacheMismatchError, FrozenFeatureCache, add_cache_rows
 from .freezing import GradualUnfreezer, freeze, set_stage, unfreeze
-from .lr_finder import LRFinderResult, find_lr, scan_multiplier
+from .lr_finder import LRFinderResult, find_lr, label_offset_loss, scan_multiplier
 from .layers import LayerMap, UnsupportedModelError, discover_layers, layer_map
 from .monitor import HealthConfig, HealthMonitor, NonFiniteError
 from .optimizer import create_optimizer, no_weight_decay_names, param_group_mismatch, param_groups
@@ -43,6 +43,7 @@ __all__ = [
     "discover_layers",
     "find_lr",
     "freeze",
+    "label_offset_loss",
     "layer_map",
     "lr_by_depth",
     "no_weight_decay_names",

@@ -41,7 +41,8 @@ def scan_suggestions(lr_find: dict) -> tuple[str, dict[int, list[str]]]:
         for depth in test.get("depths") or []:
             per_depth.setdefault(depth, []).append(f"{value} ({test['target']})")
     base = lr_find.get("learning_rate")
-    fallback = " (--lr_find_fallback: the range test found no valley)" if lr_find.get("fallback") else ""
+    why = "the range test found no valley" if lr_find.get("tests") else "no range test on a regression task"
+    fallback = f" (--lr_find_fallback: {why})" if lr_find.get("fallback") else ""
     return (f"base learning rate of the scans: {base:.3g}{fallback}" if isinstance(base, (int, float)) else ""), per_depth
 
 

@@ -51,8 +51,8 @@ from hf_layerwise.optimizer import inner_optimizer, param_group_mismatch  # noqa
 from hf_layerwise.errors import CheckpointError, UsageError, one_line, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import METRIC_SCHEDULERS, RecipeArguments, parse_args  # noqa: E402
-from hf_layerwise.glue.auto_lr import (LR_FIND_JSON, LRChoice, choose_learning_rate, provisional_lr,  # noqa: E402
-                                       regroup, wants_search, write_lr_find)
+from hf_layerwise.glue.auto_lr import (LR_FIND_JSON, LRChoice, choose_learning_rate,  # noqa: E402
+                                       label_mean_offset, provisional_lr, regroup, wants_search, write_lr_find)
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
 from hf_layerwise.glue.recipe import (check_environment, check_resume, dataloader_workers,  # noqa: E402
                                       feature_cache, load_data, load_model, load_tokenizer, loss_class_weights,
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args, config, raw["train"]["label"], tokenizer.pad_token_id)
     optimizer, unfreezer = make_optimizer(args, model, accelerator)  # the config checked against the model
     run = make_run(args, task, accelerator, model, optimizer, unfreezer, train_loader, eval_loaders,
-                   loss_class_weights(args, raw), settings, checkpoint)  # prepared; LR range test if asked for
+                   loss_class_weights(args, raw), settings, checkpoint,  # prepared; LR range test if asked for
+                   label_offset=label_mean_offset(args, raw["train"]["label"]))
     # from here on the folder is this run's; a run it replaces comes back if this one fails before a checkpoint
     with claim_output_dir(args.train.output_dir, run_files(args, "accelerate"), seen,
                           overwrite=args.train.overwrite_output_dir, resume=checkpoint is not None,
@@ -256,11 +257,12 @@ def make_optimizer(args: RecipeArguments, model: nn.Module, accelerator: Acceler
 
 def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, model: nn.Module, optimizer: Any,
              unfreezer: GradualUnfreezer, train_loader: DataLoader, eval_loaders: dict[str, DataLoader],
-             loss_weights: torch.Tensor | None, settings: dict[str, Any], checkpoint: str | None) -> Run:
+             loss_weights: torch.Tensor | None, settings: dict[str, Any], checkpoint: str | None, *,
+             label_offset: float | None = None) -> Run:
     """Everything through ``accelerator.prepare``; the optimizer the engine will step must hold the layer-wise groups
     at their learning rates (a sharding engine that merged or lost them is refused). With ``--learning_rate auto`` /
     ``--top_lr_multiplier auto``, the range tests run on the prepared model and loader (all processes) and the groups
-    get the chosen rates; then the scheduler."""
+    get the chosen rates (``label_offset``: see :func:`label_mean_offset`); then the scheduler."""
     train = args.train
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / train.gradient_accumulation_steps)
     max_train_steps = train.max_train_steps or math.ceil(train.num_train_epochs * steps_per_epoch)
@@ -276,7 +278,7 @@ def make_run(args: RecipeArguments, task: GlueTask, accelerator: Accelerator, mo
     lr_choice = None
     if wants_search(args):
         lr_choice = search_learning_rate(args, accelerator, model, optimizer, unfreezer, train_loader, loss_weights,
-                                         checkpoint)
+                                         checkpoint, label_offset)
     # the scheduler is stepped once per optimizer step by the loop, not through accelerate (which would step it
     # once per process), so the schedule is the same for 1 and N processes
     warn_idle_checkpointing(args, max_train_steps)
@@ -307,7 +309,7 @@ def check_groups(args: RecipeArguments, accelerator: Accelerator, model: nn.Modu
 
 def search_learning_rate(args: RecipeArguments, accelerator: Accelerator, model: nn.Module, optimizer: Any,
                          unfreezer: GradualUnfreezer, train_loader: DataLoader, loss_weights: torch.Tensor | None,
-                         checkpoint: str | None) -> LRChoice:
+                         checkpoint: str | None, label_offset: float | None = None) -> LRChoice:
     """``auto``: the LR range test (and the top-k multiplier scan) on the prepared model, optimizer and loader; every
     state restored after it. The chosen base LR and multiplier replace the provisional ones in ``args`` and in the
     optimizer's groups. A resumed run reads the first segment's choice from ``lr_find.json``."""
@@ -325,7 +327,8 @@ def search_learning_rate(args: RecipeArguments, accelerator: Accelerator, model:
 
     choice = choose_learning_rate(
         args, model, train_loader, unfreezer.layers, optimizer=optimizer, accelerator=accelerator, loss_fn=loss_fn,
-        resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None)
+        resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None,
+        label_offset=label_offset)
     args.train.learning_rate, args.layerwise = choice.learning_rate, choice.layerwise
     unfreezer.cfg = choice.layerwise
     regroup(optimizer, accelerator.unwrap_model(model), choice.layerwise, choice.learning_rate, unfreezer.layers)

@@ -33,7 +33,8 @@ from hf_layerwise.errors import UsageError, run_cli, usage_errors  # noqa: E402
 from hf_layerwise.feature_cache import CACHE_ROW, FrozenFeatureCache, add_cache_rows  # noqa: E402
 from hf_layerwise.glue import GlueTask, get_task, load_metric  # noqa: E402
 from hf_layerwise.glue.arguments import METRIC_SCHEDULERS, RecipeArguments, parse_args  # noqa: E402
-from hf_layerwise.glue.auto_lr import LR_FIND_JSON, LRChoice, choose_learning_rate, wants_search, write_lr_find  # noqa: E402
+from hf_layerwise.glue.auto_lr import (LR_FIND_JSON, LRChoice, choose_learning_rate,  # noqa: E402
+                                       label_mean_offset, wants_search, write_lr_find)
 from hf_layerwise.glue.features import predictions, tokenize_glue  # noqa: E402
 from hf_layerwise.glue.recipe import (check_environment, check_resume, dataloader_workers,  # noqa: E402
                                       feature_cache, host_record, load_data, load_model, load_tokenizer,
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         tokenized.update(add_cache_rows({s: tokenized[s] for s in ("train", *task.eval_splits)}))
 
     # -- --learning_rate auto / --top_lr_multiplier auto: the LR range tests (everything restored after them) -------
-    lr_choice = search_learning_rate(args, model, tokenizer, tokenized, loss_class_weights(args, raw), checkpoint)
+    lr_choice = search_learning_rate(args, model, tokenizer, tokenized, loss_class_weights(args, raw), checkpoint,
+                                     label_mean_offset(args, raw["train"]["label"]))
 
     # -- trainer (layer-wise optimizer through LayerwiseTrainer), resume, train -------------------------------------
     earlier = _earlier_segments(checkpoint)
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def search_learning_rate(args: RecipeArguments, model: torch.nn.Module, tokenizer: Any, tokenized: Any,
-                         loss_weights: torch.Tensor | None, checkpoint: str | None) -> LRChoice | None:
+                         loss_weights: torch.Tensor | None, checkpoint: str | None,
+                         label_offset: float | None = None) -> LRChoice | None:
     """``auto``: the range tests before the Trainer exists, on the model frozen as configured, with a temporary
     layer-wise AdamW and the training set in a seeded shuffle (batches of --per_device_train_batch_size, fp32); the
     model and every RNG stream are restored after them. The choice replaces the provisional LR and multiplier in
@@ -232,7 +235,8 @@ def search_learning_rate(args: RecipeArguments, model: torch.nn.Module, tokenize
         return torch.nn.functional.cross_entropy(m(**batch).logits, labels, weight=weights)
 
     choice = choose_learning_rate(args, model, loader, discover_layers(model), loss_fn=loss_fn,
-                                  resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None)
+                                  resume_from=os.path.join(args.train.output_dir, LR_FIND_JSON) if checkpoint else None,
+                                  label_offset=label_offset)
     args.train.learning_rate, args.layerwise = choice.learning_rate, choice.layerwise
     print(f"learning rate {choice.learning_rate:.3g}, top-{choice.layerwise.top_k} multiplier "
           f"{choice.layerwise.top_lr_multiplier:.3g} ({choice.source})")

@@ -31,11 +31,11 @@ from glue import make_accelerator, make_dataloaders, make_optimizer  # noqa: E40
 from hf_layerwise.errors import UsageError, run_cli  # noqa: E402
 from hf_layerwise.glue import get_task  # noqa: E402
 from hf_layerwise.glue.arguments import parse_args  # noqa: E402
-from hf_layerwise.glue.auto_lr import LRChoice, choose_learning_rate, write_lr_find  # noqa: E402
+from hf_layerwise.glue.auto_lr import LRChoice, choose_learning_rate, label_mean_offset, write_lr_find  # noqa: E402
 from hf_layerwise.glue.recipe import (check_environment, load_data, load_model, load_tokenizer,  # noqa: E402
                                       model_config)
 from hf_layerwise.glue.run_dir import RunFiles, check_output_dir, claim_output_dir  # noqa: E402
-from hf_layerwise.lr_finder import scan_multiplier  # noqa: E402
+from hf_layerwise.lr_finder import label_offset_loss, scan_multiplier  # noqa: E402
 
 TARGETS = ("top", "head", "depths")
 FILES = RunFiles({"lr_find.json": "the range tests", "lr_find.png": "the range tests' curves"})
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     with claim_output_dir(args.train.output_dir, FILES, seen, overwrite=args.train.overwrite_output_dir,
                           program="recipes/lr_find.py", is_main_process=accelerator.is_main_process) as folder:
-        choice = range_tests(args, targets, accelerator, model, optimizer, train_loader, unfreezer.layers)
+        choice = range_tests(args, targets, accelerator, model, optimizer, train_loader, unfreezer.layers,
+                             label_mean_offset(args, raw["train"]["label"]))
         if accelerator.is_main_process:
             write_lr_find(args.train.output_dir, choice)
             print(table(choice))
@@ -116,11 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def range_tests(args: Any, targets: list[str], accelerator: Any, model: Any, optimizer: Any, train_loader: Any,
-                layers: Any) -> LRChoice:
+                layers: Any, label_offset: float | None = None) -> LRChoice:
     """The base-LR test (``--learning_rate auto``), then every ``--scan`` target at the chosen base LR."""
     args.auto_top_multiplier = "top" in targets
     choice = choose_learning_rate(args, model, train_loader, layers, optimizer=optimizer, accelerator=accelerator,
-                                  require_valley=False)  # a curve without a valley is reported, not refused
+                                  require_valley=False,  # a curve without a valley is reported, not refused
+                                  label_offset=label_offset)
     L, cfg = layers.num_layers, choice.layerwise
     extra = []
     if "head" in targets:
@@ -131,7 +133,9 @@ def range_tests(args: Any, targets: list[str], accelerator: Any, model: Any, opt
         choice.tests.append(scan_multiplier(
             model, cfg, choice.learning_rate, train_loader, depths, name=name, layers=layers,
             num_steps=args.train.lr_find_steps, accelerator=accelerator, rule=args.train.lr_find_rule,
-            accumulation_steps=args.train.gradient_accumulation_steps))
+            accumulation_steps=args.train.gradient_accumulation_steps,
+            loss_fn=None if label_offset is None else label_offset_loss(label_offset)))
+        choice.tests[-1].settings["label_offset"] = label_offset
         choice.time_s = round(choice.time_s + choice.tests[-1].time_s, 2)
     return choice
 

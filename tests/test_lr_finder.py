@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hf_layerwise import LayerwiseConfig, create_optimizer, discover_layers
-from hf_layerwise.lr_finder import (CAP_DIVISOR, LRFinderResult, analyse_curve, centred_losses, find_lr, plot_lr_find,
-                                    scan_multiplier, suggest)
+from hf_layerwise.lr_finder import (CAP_DIVISOR, LRFinderResult, analyse_curve, centred_losses, find_lr,
+                                    label_offset_loss, plot_lr_find, scan_multiplier, suggest)
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "minilm")
 
@@ -150,6 +150,40 @@ def test_restores_after_an_error_in_the_loss():
     with pytest.raises(RuntimeError, match="boom"):
         find_lr(model, optimizer, DataLoader(_batches(), batch_size=8), loss_fn=failing, num_steps=10)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_label_offset_loss_is_the_models_mse_shifted_and_the_test_starts_at_the_label_variance():
+    """A regression head (labels of mean 2.7, as STS-B): offset 0 is the model's own MSE, offset c the MSE of
+    logits + c; a range test with the labels' mean as offset starts near their variance instead of mean**2 +
+    variance (the descent a fresh head's bias would otherwise spend on the mean), and the weights are untouched."""
+    model = tiny_model("bert", num_labels=1, problem_type="regression")
+    g = torch.Generator().manual_seed(3)
+    examples = _batches(n=64)
+    labels = (2.7 + 1.4 * torch.randn(len(examples), generator=g)).tolist()
+    for example, label in zip(examples, labels):
+        example["labels"] = torch.tensor(label)
+    loader = DataLoader(examples, batch_size=16, shuffle=False)
+    batch = next(iter(loader))
+    model.eval()
+    with torch.no_grad():
+        own, logits = model(**batch).loss, model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        assert label_offset_loss(0.0)(model, batch).item() == pytest.approx(own.item(), rel=1e-6)
+        shifted = ((logits.view(-1) + 1.5 - batch["labels"]) ** 2).mean()
+        assert label_offset_loss(1.5)(model, batch).item() == pytest.approx(shifted.item(), rel=1e-6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mean, var = float(np.mean(labels)), float(np.var(labels))
+    tests = {}
+    for name, loss_fn in (("plain", None), ("offset", label_offset_loss(mean))):
+        optimizer = create_optimizer(model, LayerwiseConfig(), lr=1.0)
+        tests[name] = find_lr(model, optimizer, loader, loss_fn=loss_fn, start_lr=1e-8, end_lr=1e-7, num_steps=8)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    plain, offset = np.mean(tests["plain"].losses), np.mean(tests["offset"].losses)  # the LRs are too small to learn
+    assert plain == pytest.approx(mean ** 2 + var, rel=0.25)
+    assert offset == pytest.approx(var, rel=0.25) and offset < 0.4 * plain
+    with pytest.raises(ValueError, match="one-output regression head"):
+        label_offset_loss(mean)(tiny_model("bert", num_labels=2), batch)
+    with pytest.raises(ValueError, match="finite"):
+        label_offset_loss(float("nan"))
 
 
 def test_scan_top_blocks_on_a_tiny_model(tmp_path):

@@ -63,18 +63,26 @@ def _write_run(folder, task, cell, seed, lr, score, lr_find=None):
     (path / "results.json").write_text(json.dumps(run))
 
 
+def _held_out_study(tmp_path, folder, task, grid):
+    """An empty study folder and, beside it, a held-out check's grid runs: {seed: {lr: score}}."""
+    import lr_rules
+
+    study, held = tmp_path / "minilm", tmp_path / folder
+    study.mkdir()
+    for seed, by_lr in grid.items():
+        for cell, lr in lr_rules.HELD_OUT_GRID.items():
+            _write_run(held, task, cell, seed, lr, by_lr[lr])
+    return study, held
+
+
 def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
     """lr_rules.held_out: best grid LR by mean over complete seeds, lr-find seed-paired to that LR's run of the same
     seed, a run more than 5 points under the same seed's 2e-5 run counted as collapsed, the capped pick reported."""
     sys.path.insert(0, STUDY)
     import lr_rules
 
-    study, held = tmp_path / "minilm", tmp_path / "minilm-sst2"
-    study.mkdir()
-    grid = {1: {2e-5: 80.0, 5e-5: 84.0, 1e-4: 83.0}, 2: {2e-5: 81.0, 5e-5: 83.0, 1e-4: 86.0}}
-    for seed, by_lr in grid.items():
-        for cell, lr in lr_rules.HELD_OUT_GRID.items():
-            _write_run(held, "sst2", cell, seed, lr, by_lr[lr])
+    study, held = _held_out_study(tmp_path, "minilm-sst2", "sst2", {1: {2e-5: 80.0, 5e-5: 84.0, 1e-4: 83.0},
+                                                                    2: {2e-5: 81.0, 5e-5: 83.0, 1e-4: 86.0}})
 
     def test(pick, uncapped):
         return {"learning_rate": pick, "fallback": False, "time_s": 5.0,
@@ -103,6 +111,53 @@ def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
     (check,) = lr_rules.held_out(str(study))
     row = lr_rules._held_out_lines([check])[-1]
     assert row.endswith("| 1e-4 | — | — | — | — | — | — |"), row
+
+
+def test_regression_default_is_scored_on_the_baseline_runs_beside_the_plain_test(tmp_path):
+    """On STS-B --learning_rate auto trains at 2e-5 without a test (bit for bit the baseline's run): lr_rules shows
+    that row, scored on the baseline runs (fallback, no test time), before the plain test's lr-find runs."""
+    sys.path.insert(0, STUDY)
+    import lr_rules
+
+    study, held = _held_out_study(tmp_path, "me5-small", "stsb", {1: {2e-5: 80.0, 5e-5: 86.0, 1e-4: 84.0},
+                                                                  2: {2e-5: 82.0, 5e-5: 85.0, 1e-4: 20.0}})
+    _write_run(held, "stsb", "lr-find", 1, None, 87.0, {"learning_rate": 6e-5, "fallback": False, "time_s": 5.0,
+                                                        "tests": [{"rule": "centred_valley", "capped": False,
+                                                                   "suggestions": {"centred_valley": 6e-5}}]})
+    (check,) = [c for c in lr_rules.held_out(str(study)) if c["folder"] == "../me5-small"]
+    assert list(check["tasks"]) == ["stsb: no test, 2e-5", "stsb: plain test (until stop 42)"]
+    default, plain = check["tasks"].values()
+    assert default["best"] == 5e-5 and set(default["runs"]) == {"1", "2"}
+    one = default["runs"]["1"]
+    assert one["fallback"] and one["lr"] == 2e-5 and one["test_s"] == 0.0 and one["diff"] == 80.0 - 86.0
+    assert not any(r["collapsed"] for r in default["runs"].values())
+    assert plain["runs"]["1"]["diff"] == 87.0 - 86.0 and list(plain["runs"]) == ["1"]
+
+
+def test_offset_tests_score_the_pick_as_the_recipes_take_it(tmp_path):
+    """lr_rules.offset_tests: a curve without a usable valley counts at the fallback (2e-5), a pick is interpolated in
+    log LR on the seed's grid, and the difference is to the seed's run at the best grid LR."""
+    import json
+
+    sys.path.insert(0, STUDY)
+    import lr_rules
+
+    grid = {"stsb": {1: {2e-5: 80.0, 1e-4: 90.0}, 2: {2e-5: 82.0, 1e-4: 86.0}}}
+    for seed, (valley, pick) in {1: (True, 10 ** -4.5), 2: (False, 3e-4)}.items():
+        path = tmp_path / "stsb" / lr_rules.OFFSET_TEST_CELL / f"seed{seed}"
+        path.mkdir(parents=True)
+        test = {"valley": valley, "suggestion": pick, "losses": [2.1, 2.0], "settings": {"label_offset": 2.7},
+                "rule": "centred_valley", "suggestions": {"centred_valley": pick}, "capped": False}
+        (path / "lr_find.json").write_text(json.dumps({"tests": [test]}))
+    rows = lr_rules.offset_tests(str(tmp_path), grid, {"stsb": 1e-4})
+    runs = rows["with the label offset"]
+    assert runs["1"]["lr"] == 10 ** -4.5 and not runs["1"]["fallback"]
+    halfway = 80.0 + 10.0 * math.log(10 ** -4.5 / 2e-5) / math.log(1e-4 / 2e-5)
+    assert runs["1"]["score"] == pytest.approx(halfway) and runs["1"]["diff"] == pytest.approx(halfway - 90.0)
+    assert runs["2"]["fallback"] and runs["2"]["lr"] == 2e-5 and runs["2"]["diff"] == pytest.approx(82.0 - 86.0)
+    assert "without (the lr-find runs' tests)" not in rows  # none written
+    line = lr_rules._offset_lines(rows)[-1]
+    assert "first loss 2.10; fallback: 82.00" in line and "(n=2)" in line, line
 
 
 def test_readme_held_out_table_is_the_generated_one():

@@ -27,6 +27,9 @@ __all__ = ["ModelArguments", "DataArguments", "TrainArguments", "RecipeArguments
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 # The range test of --learning_rate auto, as calibrated on the MiniLM study (issue 26, results/minilm/lr_rules.md):
 # 8 steps per decade from 1e-6 to 1e-2 (past every curve's lowest loss; each step is one training batch).
+# --learning_rate auto on a regression task: no test (train at the fallback), the test on the plain MSE, or on the MSE
+# with the predictions offset by the training labels' mean (issue 26, README "Calibrating the finder")
+LR_FIND_REGRESSION = ("fallback", "plain", "offset")
 LR_FIND_DEFAULTS = {"lr_find_steps": 33, "lr_find_min_lr": 1e-6, "lr_find_max_lr": 1e-2, "lr_find_rule": DEFAULT_RULE}
 LR_FIND_FALLBACK = 2e-5  # the LR of a curve without a usable valley: the common BERT fine-tuning LR (run_glue's)
 SCHEDULERS = tuple(s.value for s in SchedulerType)
@@ -177,6 +180,11 @@ class TrainArguments:
     lr_find_fallback: float | None = field(default=None, metadata={
         "help": "with --learning_rate auto: the learning rate to train with when the range test finds no usable "
                 f"valley (recorded as such in results.json; default {LR_FIND_FALLBACK:g})"})
+    lr_find_regression: str | None = field(default=None, metadata={
+        "help": "with --learning_rate auto on a regression task (stsb): 'fallback' (the recipes' default) trains at "
+                "--lr_find_fallback without a range test, which cannot see there which LR a run tolerates (README, "
+                "'Calibrating the finder'); 'plain': the test on the model's own MSE (recipes/lr_find.py's "
+                "default); 'offset': the test on the MSE of the predictions offset by the training labels' mean"})
     debug: bool = field(default=False, metadata={"help": "show the traceback of an error (or HF_LAYERWISE_DEBUG=1)"})
 
     def __post_init__(self) -> None:
@@ -199,6 +207,9 @@ class TrainArguments:
         if self.lr_find_fallback is not None and not (math.isfinite(self.lr_find_fallback)
                                                       and self.lr_find_fallback > 0):
             raise UsageError(f"--lr_find_fallback {self.lr_find_fallback}: must be a finite number > 0")
+        if self.lr_find_regression not in (None, *LR_FIND_REGRESSION):
+            raise UsageError(f"--lr_find_regression {self.lr_find_regression!r}: use one of "
+                             f"{', '.join(LR_FIND_REGRESSION)}")
         if self.lr_find_rule is not None and self.lr_find_rule not in RULES:
             raise UsageError(f"--lr_find_rule {self.lr_find_rule!r}: use one of {', '.join(RULES)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -235,13 +246,14 @@ class TrainArguments:
             raise UsageError("--overwrite_output_dir deletes the checkpoints --resume_from_checkpoint would resume "
                              "from: pass one of them")
 
-    def resolve(self, *, regression: bool, auto: bool, cache_frozen: bool) -> None:
+    def resolve(self, *, regression: bool, auto: bool, cache_frozen: bool, range_tests: bool = False,
+                scan: bool = False) -> None:
         """Refuse options that would do nothing with the others (each names what it needs), then fill the defaults of
         the options left unset. Called by :func:`parse_args` once the task and the layer-wise options are known."""
         needs = [  # (option, what it needs, whether it has it)
             ("cache_max_gb", "--cache_frozen", cache_frozen), ("cache_dtype", "--cache_frozen", cache_frozen),
             *[(f"lr_find_{k}", "--learning_rate auto or --top_lr_multiplier auto", auto)
-              for k in ("steps", "min_lr", "max_lr", "rule", "fallback")],
+              for k in ("steps", "min_lr", "max_lr", "rule", "fallback", "regression")],
             ("torch_compile_backend", "--torch_compile", self.torch_compile),
             ("monitor_every", "--monitor", self.monitor),
         ]
@@ -250,6 +262,19 @@ class TrainArguments:
                 raise UsageError(f"--{name} {getattr(self, name)} applies only with {need}: add it, or drop --{name}")
         if regression and self.class_weights:
             raise UsageError("--class_weights auto weighs classes, but this task is a regression (no classes): drop it")
+        if not regression and self.lr_find_regression:
+            raise UsageError(f"--lr_find_regression {self.lr_find_regression} says how a regression task finds its "
+                             "learning rate, but this task is a classification: drop it")
+        if range_tests and self.lr_find_regression == "fallback":
+            raise UsageError("--lr_find_regression fallback trains without a range test; recipes/lr_find.py runs "
+                             "one: use plain or offset (or recipes/glue.py)")
+        if regression and auto and self.lr_find_regression is None:
+            self.lr_find_regression = "plain" if range_tests else "fallback"
+        given = [f"--lr_find_{k}" for k in ("steps", "min_lr", "max_lr", "rule") if getattr(self, f"lr_find_{k}")]
+        if regression and self.lr_find_regression == "fallback" and not scan and given:
+            raise UsageError(f"{' '.join(given)}: on a regression task --learning_rate auto runs no range test (it "
+                             "trains at --lr_find_fallback: --lr_find_regression fallback, the default), so this does "
+                             "nothing; add --lr_find_regression plain to test anyway, or drop it")
         if regression and self.head_bias_init:
             raise UsageError("--head_bias_init prior sets the head's bias to the class priors, but this task is a "
                              "regression (no classes): drop it")
@@ -387,7 +412,7 @@ def parse_args(argv: Sequence[str] | None = None, range_tests: bool = False) -> 
 
     auto = train.learning_rate == "auto" or auto_top or range_tests  # range_tests: recipes/lr_find.py
     train.resolve(regression=get_task(data.task_name).is_regression, auto=auto,
-                  cache_frozen=cfg.cache_frozen)
+                  cache_frozen=cfg.cache_frozen, range_tests=range_tests, scan=auto_top)
     if cfg.loraplus_ratio is not None and model.lora_r is None:
         raise UsageError(f"--loraplus_ratio {cfg.loraplus_ratio} speeds up LoRA's B matrices, and there are none "
                          "without --lora_r: add --lora_r R, or drop --loraplus_ratio")

@@ -10,6 +10,8 @@
 # Issue 26's held-out check (b), not in the default CELLS: the LR finder's default rule, fixed after calibrating on
 # MiniLM, against this model's own 2e-5 / 5e-5 / 1e-4 grid on MRPC and STS-B:
 #   TASKS=mrpc,stsb CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
+# (its STS-B lr-find runs ran the range test on the plain MSE, before --lr_find_regression existed: to rerun them add
+# --lr_find_regression plain to the lr-find cell; without it STS-B now trains at 2e-5 without a test)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 declare -A CELL=(

@@ -57,6 +57,12 @@ GRID = {"baseline": 2e-5, "uniform-2.5x": 5e-5, "uniform-5x": 1e-4, "uniform-10x
 GRID_TOP = max(GRID.values())
 CURVE_CELL = "lr-auto"
 TRAINED_CELL = "lr-find"
+# On a regression task --learning_rate auto trains at the fallback (2e-5) without a test since stop 42
+# (--lr_find_regression fallback): bit for bit the baseline cell's run (tests/test_lr_find_recipes.py), which stands
+# for it here. The STS-B runs of TRAINED_CELL were made before, with the test on the plain MSE.
+REGRESSION_DEFAULT_CELL = "baseline"
+OFFSET_TEST_CELL = "lr-test-offset"  # the test with the label offset, not trained (results/minilm/lr-test-offset.sh)
+REGRESSION_TASKS = ("stsb",)
 SEEDS = (1, 2, 3)  # the grid's seeds
 # The held-out checks (issue 26, 5): the default rule, fixed after calibrating on the four tasks above, on a task and
 # a model it never saw, each against its own grid (the cells of this study's grid without 2e-4). Folders are relative
@@ -256,28 +262,102 @@ def evaluate(out: str) -> dict:
                         "minimum_decades": math.log10(_min_of(v, sm) / _min_of(v, cen))})
     return {"best": best, "fixed": {t: {str(lr): s for lr, s in d.items()} for t, d in fixed.items()},
             "rules": table, "lag": lag, "trained": trained(out, grid, best), "held_out": held_out(out),
+            "offset_tests": offset_tests(out, grid, best),
             "grid": {t: {s: {str(k): x for k, x in p.items()} for s, p in d.items()} for t, d in grid.items()}}
 
 
 def _finder_run(r: dict) -> dict:
-    """What the tables read from one ``lr-find`` run's results.json."""
-    return {"lr": float(r["lr_find"]["learning_rate"]), "fallback": bool(r["lr_find"].get("fallback")),
+    """What the tables read from one finder run's results.json (a baseline run standing for the regression default:
+    trained at the fallback, no test)."""
+    found = r.get("lr_find") or {"learning_rate": r["config"]["train"]["learning_rate"], "fallback": True,
+                                 "time_s": 0.0, "tests": []}
+    test = found["tests"][0] if found["tests"] else None
+    return {"lr": float(found["learning_rate"]), "fallback": bool(found.get("fallback")),
             "score": 100 * r["metrics"][r["main_metric"]],
-            "test_s": float(r["lr_find"]["time_s"]), "train_s": float(r["train_time_s"])}
+            "test_s": float(found["time_s"]), "train_s": float(r["train_time_s"]),
+            "capped_from": test["suggestions"][test["rule"]] if test is not None and test.get("capped") else None}
+
+
+def finder_cells(task: str) -> list[tuple[str, str]]:
+    """(cell, row label) of a task's finder runs, the recipes' current default first: on a regression task the
+    baseline's runs (what the default trains, without a test), then the runs of the plain test made before."""
+    if task in REGRESSION_TASKS:
+        return [(REGRESSION_DEFAULT_CELL, f"{task}: no test, 2e-5"), (TRAINED_CELL, f"{task}: plain test (until stop 42)")]
+    return [(TRAINED_CELL, task)]
 
 
 def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
-    """The default finder's own runs (``lr-find``): per task and seed the picked LR, whether it fell back, the score
-    minus the same seed's run at the task's best grid LR, and the test's time over the run's training time."""
-    runs: dict[str, dict[int, dict]] = {}
+    """The default finder's own runs (``lr-find``; on a regression task the baseline's runs, beside the plain test's
+    ``lr-find`` runs): per row and seed the picked LR, whether it fell back, the score minus the same seed's run at
+    the task's best grid LR, and the test's time over the run's training time. ``default``: the rows of the recipes'
+    current default, one per task."""
+    runs: dict[str, dict[str, dict]] = {}
     for task in TASKS:
+        for cell, label in finder_cells(task):
+            for seed in SEEDS:
+                r = _load(os.path.join(out, task, cell, f"seed{seed}", "results.json"))
+                if r is None or "metrics" not in r or task not in best or best[task] not in grid[task].get(seed, {}):
+                    continue
+                run = _finder_run(r)
+                runs.setdefault(label, {})[str(seed)] = {**run, "diff": run["score"] - grid[task][seed][best[task]]}
+    return {"rows": runs, "default": [finder_cells(task)[0][1] for task in TASKS],
+            "without_offset": [finder_cells(task)[-1][1] for task in TASKS]}
+
+
+def offset_tests(out: str, grid: dict, best: dict[str, float]) -> dict:
+    """STS-B's range tests with the label offset (``lr-test-offset``, not trained) beside the tests of the ``lr-find``
+    runs (the same seeds and batches, no offset): per seed the loss at the first step, the pick as the recipes take it
+    (no usable valley: the fallback), its score interpolated on the seed's grid (with the finder's trained runs of the
+    seed as further points) and the difference to the best grid LR's run of that seed."""
+    rows: dict[str, dict[str, dict]] = {}
+    for name, cell in (("with the label offset", OFFSET_TEST_CELL), ("without (the lr-find runs' tests)",
+                                                                     TRAINED_CELL)):
         for seed in SEEDS:
-            r = _load(os.path.join(out, task, TRAINED_CELL, f"seed{seed}", "results.json"))
-            if r is None or "metrics" not in r or task not in best or best[task] not in grid[task].get(seed, {}):
+            d = _load(os.path.join(out, "stsb", cell, f"seed{seed}", "lr_find.json"))
+            points = dict(grid.get("stsb", {}).get(seed, {}))
+            r = _load(os.path.join(out, "stsb", TRAINED_CELL, f"seed{seed}", "results.json"))
+            if r is not None and "metrics" in r and _one_lr_nothing_frozen(r) and not r["lr_find"]["fallback"]:
+                points[float(r["lr_find"]["learning_rate"])] = 100 * r["metrics"][r["main_metric"]]  # measured too
+            if d is None or "stsb" not in best or best["stsb"] not in points:
                 continue
-            run = _finder_run(r)
-            runs.setdefault(task, {})[seed] = {**run, "diff": run["score"] - grid[task][seed][best[task]]}
-    return {task: {str(seed): run for seed, run in by_seed.items()} for task, by_seed in runs.items()}
+            test = d["tests"][0]
+            fallback = not test["valley"] or test["suggestion"] is None
+            lr = LR_FIND_FALLBACK if fallback else float(test["suggestion"])
+            score = score_at(points, lr)
+            rows.setdefault(name, {})[str(seed)] = {
+                "lr": lr, "fallback": fallback, "first_loss": test["losses"][0],
+                "label_offset": test["settings"].get("label_offset"),
+                "capped_from": test["suggestions"][test["rule"]] if test.get("capped") else None,
+                "score": score, "diff": None if score is None else score - points[best["stsb"]]}
+    return rows
+
+
+def _offset_lines(rows: dict) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", f"## STS-B: the range test with the label offset (`{OFFSET_TEST_CELL}`), scored on the grid", "",
+             "The recipes' test on STS-B (33 steps, 1e-6..1e-2, the study's seeds and batches) with the predictions "
+             "offset by the training labels' mean, not trained, beside the tests of the `lr-find` runs (no offset). "
+             "Per seed: the loss at the first step, the pick (`fallback`: no usable valley, trained at "
+             f"{_lr(LR_FIND_FALLBACK)}; `capped from`: the uncapped pick) and its score interpolated on the seed's "
+             "grid (log LR; the finder's own trained runs of the seed are points too); `vs best`: seed-paired difference "
+             "to the best grid LR's run.", "",
+             "| test | " + " | ".join(f"seed {s}" for s in SEEDS) + " | vs best |", "|---|" + "---|" * (len(SEEDS) + 1)]
+    for name, runs in rows.items():
+        cells = []
+        for seed in map(str, SEEDS):
+            r = runs.get(seed)
+            if r is None:
+                cells.append("—")
+                continue
+            pick = "fallback" if r["fallback"] else _lr(r["lr"])
+            if r["capped_from"] is not None:
+                pick += f" (capped from {_lr(r['capped_from'])})"
+            score = "outside the grid" if r["score"] is None else f"{r['score']:.2f}"
+            cells.append(f"first loss {r['first_loss']:.2f}; {pick}: {score}")
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {_ci([r['diff'] for r in runs.values() if r['diff'] is not None])} |")
+    return lines
 
 
 def held_out(out: str) -> list[dict]:
@@ -290,7 +370,6 @@ def held_out(out: str) -> list[dict]:
         per_task = {}
         for task in tasks:
             grid: dict[int, dict[float, float]] = {}
-            runs: dict[int, dict] = {}
             for seed in SEEDS:
                 for cell, lr in HELD_OUT_GRID.items():
                     r = _load(os.path.join(folder, task, cell, f"seed{seed}", "results.json"))
@@ -300,24 +379,25 @@ def held_out(out: str) -> list[dict]:
                             and math.isclose(float(r["config"]["train"]["learning_rate"]), lr, rel_tol=1e-6)):
                         raise SystemExit(f"{folder}/{task}/{cell}/seed{seed}: not a one-LR run at {lr:g}")
                     grid.setdefault(seed, {})[lr] = 100 * r["metrics"][r["main_metric"]]
-                r = _load(os.path.join(folder, task, TRAINED_CELL, f"seed{seed}", "results.json"))
-                if r is not None and "metrics" in r:
-                    test = r["lr_find"]["tests"][0]
-                    runs[seed] = {**_finder_run(r), "capped_from":
-                                  test["suggestions"][test["rule"]] if test.get("capped") else None}
             complete = [s for s in SEEDS if len(grid.get(s, {})) == len(HELD_OUT_GRID)]
-            if not complete and not runs:
-                continue
             means = {lr: statistics.mean(grid[s][lr] for s in complete) for lr in HELD_OUT_GRID.values()} \
                 if complete else {}
             best = max(means, key=means.get) if means else None
             low = min(HELD_OUT_GRID.values())  # a collapse is judged against the seed's 2e-5 run alone
-            for seed, run in runs.items():
-                run["diff"] = run["score"] - grid[seed][best] if seed in complete else None
-                run["collapsed"] = (run["score"] < grid[seed][low] - COLLAPSE_POINTS
-                                    if low in grid.get(seed, {}) else None)
-            per_task[task] = {"seeds_complete": complete, "means": {str(k): v for k, v in means.items()},
-                              "best": best, "runs": {str(s): r for s, r in sorted(runs.items())}}
+            for cell, label in finder_cells(task):
+                runs: dict[int, dict] = {}
+                for seed in SEEDS:
+                    r = _load(os.path.join(folder, task, cell, f"seed{seed}", "results.json"))
+                    if r is not None and "metrics" in r:
+                        runs[seed] = _finder_run(r)
+                if not complete and not runs:
+                    continue
+                for seed, run in runs.items():
+                    run["diff"] = run["score"] - grid[seed][best] if seed in complete else None
+                    run["collapsed"] = (run["score"] < grid[seed][low] - COLLAPSE_POINTS
+                                        if low in grid.get(seed, {}) else None)
+                per_task[label] = {"seeds_complete": complete, "means": {str(k): v for k, v in means.items()},
+                                   "best": best, "runs": {str(s): r for s, r in sorted(runs.items())}}
         if per_task:
             checks.append({"name": name, "folder": rel, "tasks": per_task})
     return checks
@@ -422,46 +502,53 @@ def markdown(ev: dict) -> str:
             cells.append(_ci(r["diffs"]) + (f"; {r['outside']} unscored" if r["outside"] else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_ci(row['average']['diffs'])} |")
     lines += _trained_lines(ev["trained"])
+    lines += _offset_lines(ev["offset_tests"])
     lines += _held_out_lines(ev["held_out"])
     return "\n".join(lines) + "\n"
 
 
 def _trained_lines(tr: dict) -> list[str]:
-    if not tr:
+    rows = tr.get("rows", {})
+    if not rows:
         return []
     lines = ["", f"## Trained: the default as the recipes run it (`{TRAINED_CELL}`)", "",
              "Each run's own score (x100), not interpolated: picked LR (`fallback`: no usable valley, trained at "
              f"{LR_FIND_FALLBACK:g}): score, then the seed-paired difference to the task's best grid LR and the "
-             "range test's time over the same run's training time.", "",
+             "range test's time over the same run's training time. On STS-B (a regression) `--learning_rate auto` "
+             f"runs no test since stop 42 and trains at {_lr(LR_FIND_FALLBACK)} (`--lr_find_regression fallback`), "
+             f"bit for bit the `{REGRESSION_DEFAULT_CELL}` cell's run, which the row `stsb: no test, 2e-5` shows; "
+             f"the row `stsb: plain test (until stop 42)` holds the `{TRAINED_CELL}` runs made with the test on the "
+             "plain MSE (now `--lr_find_regression plain`).", "",
              "| task | " + " | ".join(f"seed {s}" for s in SEEDS) + " | vs best | test / train time |",
              "|---|" + "---|" * (len(SEEDS) + 2)]
-    per_seed: dict[str, list[float]] = {}
-    cost: dict[str, list[tuple[float, float]]] = {}  # per seed: (test s, training s) of each task
-    for task in TASKS:
-        runs = tr.get(task, {})
+    for label in [label for task in TASKS for _, label in finder_cells(task)]:
+        runs = rows.get(label, {})
         if not runs:
             continue
-        cells = []
-        for seed in map(str, SEEDS):
-            r = runs.get(seed)
-            cells.append("—" if r is None else
-                         f"{'fallback' if r['fallback'] else format(r['lr'], '.2g')}: {r['score']:.2f}")
-            if r is not None:
-                per_seed.setdefault(seed, []).append(r["diff"])
-                cost.setdefault(seed, []).append((r["test_s"], r["train_s"]))
+        cells = [("—" if (r := runs.get(seed)) is None else
+                  f"{'fallback' if r['fallback'] else format(r['lr'], '.2g')}: {r['score']:.2f}")
+                 for seed in map(str, SEEDS)]
         ratios = [r["test_s"] / r["train_s"] for r in runs.values()]
-        lines.append(f"| {task} | " + " | ".join(cells) + f" | {_ci([r['diff'] for r in runs.values()])} | "
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_ci([r['diff'] for r in runs.values()])} | "
                      f"{_span([100 * x for x in ratios], '.1f')}% |")
-    complete = [s for s in per_seed if len(per_seed[s]) == len(TASKS)]
-    avg = [statistics.mean(per_seed[s]) for s in complete]
-    share = [100 * sum(t for t, _ in cost[s]) / sum(x for _, x in cost[s]) for s in complete]
-    lines.append("| 4-task average | " + " | ".join(
-        f"{statistics.mean(per_seed[s]):+.2f}" if s in complete else "—" for s in map(str, SEEDS))
-        + f" | {_ci(avg)} | " + (f"{_span(share, '.1f')}% |" if share else "— |"))
-    n_fb = sum(r["fallback"] for runs in tr.values() for r in runs.values())
-    n = sum(len(runs) for runs in tr.values())
-    lines += ["", f"{n_fb} of {n} runs fell back to {LR_FIND_FALLBACK:g}. The 4-task row: per seed the mean of the "
-              "four differences; its cost column: the four tests' time over the four runs' training time, per seed."]
+    averages = [("4-task average", tr["default"])]
+    if tr["without_offset"] != tr["default"]:
+        averages.append(("4-task average, STS-B's plain test", tr["without_offset"]))
+    for name, labels in averages:
+        complete = [s for s in map(str, SEEDS) if all(s in rows.get(label, {}) for label in labels)]
+        if not complete:
+            lines.append(f"| {name} | " + " | ".join("—" for _ in SEEDS) + " | — | — |")
+            continue
+        avg = {s: statistics.mean(rows[label][s]["diff"] for label in labels) for s in complete}
+        share = [100 * sum(rows[label][s]["test_s"] for label in labels)
+                 / sum(rows[label][s]["train_s"] for label in labels) for s in complete]
+        lines.append(f"| {name} | " + " | ".join(f"{avg[s]:+.2f}" if s in avg else "—" for s in map(str, SEEDS))
+                     + f" | {_ci(list(avg.values()))} | {_span(share, '.1f')}% |")
+    shown = [r for label in tr["default"] for r in rows.get(label, {}).values()]
+    n_fb = sum(r["fallback"] for r in shown)
+    lines += ["", f"{n_fb} of {len(shown)} runs of the current default fell back to {LR_FIND_FALLBACK:g}. The "
+              "4-task rows: per seed the mean of the four differences (a seed with all four runs); their cost "
+              "column: the four tests' time over the four runs' training time, per seed."]
     return lines
 
 
