@@ -268,7 +268,12 @@ class TrainArguments:
         if range_tests and self.lr_find_regression == "fallback":
             raise UsageError("--lr_find_regression fallback trains without a range test; recipes/lr_find.py runs "
                              "one: use plain or offset (or recipes/glue.py)")
-        if regression and auto and self.lr_find_regression is None:
+        base_lr_auto = self.learning_rate == "auto" or range_tests  # a scan alone keeps the given base LR
+        if not base_lr_auto and self.lr_find_regression in ("fallback", "plain"):
+            raise UsageError(f"--lr_find_regression {self.lr_find_regression} says how --learning_rate auto finds the "
+                             f"base LR, but it is given ({self.learning_rate:g}): drop it (the multiplier scan runs "
+                             "on the plain MSE; offset changes that)")
+        if regression and base_lr_auto and self.lr_find_regression is None:
             self.lr_find_regression = "plain" if range_tests else "fallback"
         given = [f"--lr_find_{k}" for k in ("steps", "min_lr", "max_lr", "rule") if getattr(self, f"lr_find_{k}")]
         if regression and self.lr_find_regression == "fallback" and not scan and given:

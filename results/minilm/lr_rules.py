@@ -301,7 +301,7 @@ def trained(out: str, grid: dict, best: dict[str, float]) -> dict:
                 run = _finder_run(r)
                 runs.setdefault(label, {})[str(seed)] = {**run, "diff": run["score"] - grid[task][seed][best[task]]}
     return {"rows": runs, "default": [finder_cells(task)[0][1] for task in TASKS],
-            "without_offset": [finder_cells(task)[-1][1] for task in TASKS]}
+            "plain_test": [finder_cells(task)[-1][1] for task in TASKS]}
 
 
 def offset_tests(out: str, grid: dict, best: dict[str, float]) -> dict:
@@ -532,8 +532,8 @@ def _trained_lines(tr: dict) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_ci([r['diff'] for r in runs.values()])} | "
                      f"{_span([100 * x for x in ratios], '.1f')}% |")
     averages = [("4-task average", tr["default"])]
-    if tr["without_offset"] != tr["default"]:
-        averages.append(("4-task average, STS-B's plain test", tr["without_offset"]))
+    if tr["plain_test"] != tr["default"]:
+        averages.append(("4-task average, STS-B's plain test", tr["plain_test"]))
     for name, labels in averages:
         complete = [s for s in map(str, SEEDS) if all(s in rows.get(label, {}) for label in labels)]
         if not complete:
