@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from glue_fixtures import RECIPE_ENV, launch, launch_together, make_model_dir, write_glue_task
+from hf_layerwise.glue.arguments import LR_FIND_FALLBACK
 from hf_layerwise.glue.data import get_task, read_glue_tsv
 from hf_layerwise.glue.run_dir import MANIFEST
 from safetensors.torch import load_file
@@ -94,7 +95,7 @@ def test_auto_trains_the_run_its_choice_names(setup, tmp_path):
 def test_fallback_when_the_curve_has_no_valley(setup, tmp_path):
     """A range far too low to train has no usable valley: with --lr_find_fallback the run trains at the fallback
     (recorded as such) and is the run --learning_rate <fallback> trains, bit for bit; without it, at the documented
-    default (2e-5), with one warning line saying why. On a regression task with no --lr_find_regression, no test
+    default (5e-5), with one warning line saying why. On a regression task with no --lr_find_regression, no test
     at all: the run at the fallback, bit for bit, with one line saying why."""
     flat = dict(learning_rate="auto", lr_find_min_lr="1e-9", lr_find_max_lr="1e-8", lr_find_steps="6",
                 save_model="True", lr_find_regression="plain")
@@ -105,24 +106,24 @@ def test_fallback_when_the_curve_has_no_valley(setup, tmp_path):
                            ("glue.py", _args(setup, default, **flat)),
                            ("glue.py", _args(setup, skipped, learning_rate="auto", save_model="True",
                                              lr_find_steps=None)),  # no test to size
-                           ("glue.py", _args(setup, fixed_default, learning_rate="2e-5", save_model="True")))
+                           ("glue.py", _args(setup, fixed_default, learning_rate="5e-5", save_model="True")))
     found = json.loads((auto / "results.json").read_text())["lr_find"]
     assert found["fallback"] is True and found["learning_rate"] == 0.002
     assert not found["tests"][0]["valley"] and found["tests"][0]["note"]  # why it has none
     by_default = json.loads((default / "results.json").read_text())["lr_find"]
-    assert by_default["fallback"] is True and by_default["learning_rate"] == 2e-5
+    assert by_default["fallback"] is True and by_default["learning_rate"] == LR_FIND_FALLBACK == 5e-5
     warned = [line for line in runs[2].stderr.splitlines() if "WARNING hf_layerwise.lr_find: LR range test:" in line]
-    assert len(warned) == 1 and "training at 2e-05 (the default --lr_find_fallback)" in warned[0], runs[2].stderr
-    assert "on a regression task" not in runs[2].stderr  # no pick, nothing to warn about: it trains at 2e-5
+    assert len(warned) == 1 and "training at 5e-05 (the default --lr_find_fallback)" in warned[0], runs[2].stderr
+    assert "on a regression task" not in runs[2].stderr  # no pick, nothing to warn about: it trains at 5e-5
     assert json.loads((fixed / "results.json").read_text())["lr_find"] is None
     a, b = _weights(auto), _weights(fixed)
     assert all(torch.equal(a[k], b[k]) for k in a), "the fallback run is not the run at the fallback LR"
     # the regression default: no range test, the fallback LR, one line saying why
     none = json.loads((skipped / "results.json").read_text())["lr_find"]
-    assert none["fallback"] is True and none["learning_rate"] == 2e-5 and none["tests"] == []
+    assert none["fallback"] is True and none["learning_rate"] == 5e-5 and none["tests"] == []
     assert json.loads((skipped / "lr_find.json").read_text()) == none and not (skipped / "lr_find.png").exists()
     warned = [line for line in runs[3].stderr.splitlines() if "--learning_rate auto on a regression task" in line]
-    assert len(warned) == 1 and "no range test" in warned[0] and "training at 2e-05" in warned[0], runs[3].stderr
+    assert len(warned) == 1 and "no range test" in warned[0] and "training at 5e-05" in warned[0], runs[3].stderr
     a, b = _weights(skipped), _weights(fixed_default)
     assert all(torch.equal(a[k], b[k]) for k in a), "the regression default is not the run at the fallback LR"
 
@@ -145,7 +146,7 @@ def test_trainer_recipe_auto(setup, tmp_path):
     assert without["losses"][0] > 2 * with_offset["losses"][0]  # mean**2 + variance against about the variance
     for run, test, mode in ((runs[0], with_offset, "offset"), (runs[1], without, "plain")):
         warned = [line for line in run.stderr.splitlines() if "LR range test on a regression task" in line]
-        if test["valley"]:  # a pick: one line saying why it may collapse the run; no pick: it trains at 2e-5
+        if test["valley"]:  # a pick: one line saying why it may collapse the run; no pick: it trains at the fallback
             assert len(warned) == 1 and f"(--lr_find_regression {mode})" in warned[0], run.stderr
         else:
             assert not warned and r["lr_find"]["fallback"], run.stderr

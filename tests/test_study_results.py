@@ -113,9 +113,10 @@ def test_held_out_check_is_scored_seed_paired_and_flags_a_collapse(tmp_path):
     assert row.endswith("| 1e-4 | — | — | — | — | — | — |"), row
 
 
-def test_regression_default_is_scored_on_the_baseline_runs_beside_the_plain_test(tmp_path):
-    """On STS-B --learning_rate auto trains at 2e-5 without a test (bit for bit the baseline's run): lr_rules shows
-    that row, scored on the baseline runs (fallback, no test time), before the plain test's lr-find runs."""
+def test_regression_default_is_scored_on_the_grid_run_at_the_fallback_beside_the_plain_test(tmp_path):
+    """On STS-B --learning_rate auto trains at the fallback (5e-5) without a test (bit for bit the grid's run at that
+    LR): lr_rules shows that row, scored on the uniform-2.5x runs (fallback, no test time), then the same at stop 42's
+    2e-5 (the baseline runs), then the plain test's lr-find runs."""
     sys.path.insert(0, STUDY)
     import lr_rules
 
@@ -125,17 +126,69 @@ def test_regression_default_is_scored_on_the_baseline_runs_beside_the_plain_test
                                                         "tests": [{"rule": "centred_valley", "capped": False,
                                                                    "suggestions": {"centred_valley": 6e-5}}]})
     (check,) = [c for c in lr_rules.held_out(str(study)) if c["folder"] == "../me5-small"]
-    assert list(check["tasks"]) == ["stsb: no test, 2e-5", "stsb: plain test (until stop 42)"]
-    default, plain = check["tasks"].values()
+    assert list(check["tasks"]) == ["stsb: no test, 5e-5", "stsb: no test, 2e-5 (stop 42)",
+                                    "stsb: plain test (until stop 42)"]
+    default, old, plain = check["tasks"].values()
     assert default["best"] == 5e-5 and set(default["runs"]) == {"1", "2"}
     one = default["runs"]["1"]
-    assert one["fallback"] and one["lr"] == 2e-5 and one["test_s"] == 0.0 and one["diff"] == 80.0 - 86.0
+    assert one["fallback"] and one["lr"] == 5e-5 and one["test_s"] == 0.0 and one["diff"] == 0.0
+    assert old["runs"]["1"]["lr"] == 2e-5 and old["runs"]["1"]["diff"] == 80.0 - 86.0
     assert not any(r["collapsed"] for r in default["runs"].values())
     assert plain["runs"]["1"]["diff"] == 87.0 - 86.0 and list(plain["runs"]) == ["1"]
 
 
+def test_a_run_that_fell_back_at_2e5_is_scored_by_the_grid_run_at_the_current_fallback(tmp_path):
+    """An lr-find run made when the fallback was 2e-5 stands, for the current default, as the same seed's uniform-2.5x
+    run (its range test's time kept, marked `fallback*`), and as run in the row `(until stop 42)`; a task where no
+    run fell back has no such row; without the grid run at the fallback the default has no run for that seed."""
+    sys.path.insert(0, STUDY)
+    import lr_rules
+
+    study, held = _held_out_study(tmp_path, "me5-small", "mrpc", {1: {2e-5: 80.0, 5e-5: 86.0, 1e-4: 84.0},
+                                                                  2: {2e-5: 82.0, 5e-5: 85.0, 1e-4: 88.0}})
+    fell_back = {"learning_rate": 2e-5, "fallback": True, "time_s": 7.0,
+                 "tests": [{"rule": "centred_valley", "capped": False, "suggestions": {"centred_valley": None}}]}
+    _write_run(held, "mrpc", "lr-find", 1, None, 80.0, fell_back)
+    _write_run(held, "mrpc", "lr-find", 2, None, 87.0, {**fell_back, "learning_rate": 7e-5, "fallback": False})
+    _write_run(held, "mrpc", "lr-find", 3, None, 81.0, fell_back)  # seed 3 has no grid run at 5e-5
+    (check,) = [c for c in lr_rules.held_out(str(study)) if c["folder"] == "../me5-small"]
+    default, old = check["tasks"]["mrpc"], check["tasks"]["mrpc: fallback 2e-5 (until stop 42)"]
+    one = default["runs"]["1"]
+    assert one["stand_in"] == "uniform-2.5x" and one["lr"] == 5e-5 and one["score"] == 86.0 and one["test_s"] == 7.0
+    assert one["diff"] == 86.0 - 84.0  # best: 1e-4 (mean 86.0 against 85.5)
+    assert default["runs"]["2"]["stand_in"] is None and default["runs"]["2"]["diff"] == 87.0 - 88.0
+    assert "3" not in default["runs"] and old["runs"]["3"]["score"] == 81.0
+    assert old["runs"]["1"]["stand_in"] is None and old["runs"]["1"]["score"] == 80.0
+    md = "\n".join(lr_rules._held_out_lines([check]))
+    assert "| fallback*: 86.00 | 7e-5: 87.00 | — |" in md and "| fallback: 80.00 | 7e-5: 87.00 | fallback: 81.00 |" in md
+
+    for seed in (1, 3):  # no run fell back: the row as run until stop 42 is the default's, not shown twice
+        (held / "mrpc" / "lr-find" / f"seed{seed}" / "results.json").unlink()
+        (held / "mrpc" / "lr-find" / f"seed{seed}").rmdir()
+        _write_run(held, "mrpc", "lr-find", seed, None, 87.0, {**fell_back, "learning_rate": 7e-5, "fallback": False})
+    (check,) = [c for c in lr_rules.held_out(str(study)) if c["folder"] == "../me5-small"]
+    assert list(check["tasks"]) == ["mrpc"]
+
+
+def test_the_fallback_is_the_grid_lr_with_the_best_four_task_average():
+    """lr_rules.fallback_lrs on a made-up grid picks the LR with the highest mean four-task difference to each task's
+    best; on the committed MiniLM grid that is the recipes' --lr_find_fallback default."""
+    sys.path.insert(0, STUDY)
+    import lr_rules
+    from hf_layerwise.glue.arguments import LR_FIND_FALLBACK
+
+    grid = {t: {s: {2e-5: 50.0, 5e-5: 60.0 + (t == "cola"), 1e-4: 61.0, 2e-4: 40.0} for s in lr_rules.SEEDS}
+            for t in lr_rules.TASKS}
+    best = {t: 5e-5 if t == "cola" else 1e-4 for t in lr_rules.TASKS}
+    fb = lr_rules.fallback_lrs(grid, best)
+    assert fb["choice"] == 1e-4 and fb["rows"][str(5e-5)]["worst"] == ("mrpc", -1.0)
+    assert fb["rows"][str(1e-4)]["per_seed"] == [0.0] * len(lr_rules.SEEDS)
+    committed = lr_rules.evaluate(STUDY)["fallback"]
+    assert committed["choice"] == LR_FIND_FALLBACK, committed
+
+
 def test_offset_tests_score_the_pick_as_the_recipes_take_it(tmp_path):
-    """lr_rules.offset_tests: a curve without a usable valley counts at the fallback (2e-5), a pick is interpolated in
+    """lr_rules.offset_tests: a curve without a usable valley counts at the fallback (5e-5), a pick is interpolated in
     log LR on the seed's grid, and the difference is to the seed's run at the best grid LR."""
     import json
 
@@ -154,10 +207,12 @@ def test_offset_tests_score_the_pick_as_the_recipes_take_it(tmp_path):
     assert runs["1"]["lr"] == 10 ** -4.5 and not runs["1"]["fallback"]
     halfway = 80.0 + 10.0 * math.log(10 ** -4.5 / 2e-5) / math.log(1e-4 / 2e-5)
     assert runs["1"]["score"] == pytest.approx(halfway) and runs["1"]["diff"] == pytest.approx(halfway - 90.0)
-    assert runs["2"]["fallback"] and runs["2"]["lr"] == 2e-5 and runs["2"]["diff"] == pytest.approx(82.0 - 86.0)
+    at_fallback = 82.0 + 4.0 * math.log(5e-5 / 2e-5) / math.log(1e-4 / 2e-5)
+    assert runs["2"]["fallback"] and runs["2"]["lr"] == 5e-5
+    assert runs["2"]["diff"] == pytest.approx(at_fallback - 86.0)
     assert "without (the lr-find runs' tests)" not in rows  # none written
     line = lr_rules._offset_lines(rows)[-1]
-    assert "first loss 2.10; fallback: 82.00" in line and "(n=2)" in line, line
+    assert f"first loss 2.10; fallback: {at_fallback:.2f}" in line and "(n=2)" in line, line
 
 
 def test_readme_held_out_table_is_the_generated_one():

@@ -134,7 +134,8 @@ def choose_learning_rate(args: RecipeArguments, model: nn.Module, batches: Any, 
     a resumed run's ``lr_find.json``, read instead of testing again when it exists. ``require_valley=False``
     (recipes/lr_find.py, which only reports) takes the suggestion of a curve without a usable valley too.
     When the curve has no usable valley (a flat curve: RTE on MiniLM), the run trains at ``--lr_find_fallback``
-    (default ``LR_FIND_FALLBACK``, 2e-5) with a one-line warning saying why; ``fallback`` is True in the record.
+    (default ``LR_FIND_FALLBACK``, 5e-5: the best fixed LR on the MiniLM grid's four tasks) with a one-line warning
+    saying why; ``fallback`` is True in the record.
     On a regression task with ``--lr_find_regression fallback`` (the recipes' default) the base LR is
     ``--lr_find_fallback`` without a test, with one line saying why. ``label_offset`` (:func:`label_mean_offset`;
     required with ``--lr_find_regression offset``): the tests' loss is :func:`~hf_layerwise.label_offset_loss` of it

@@ -11,7 +11,10 @@
 # MiniLM, against this model's own 2e-5 / 5e-5 / 1e-4 grid on MRPC and STS-B:
 #   TASKS=mrpc,stsb CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
 # (its STS-B lr-find runs ran the range test on the plain MSE, before --lr_find_regression existed: to rerun them add
-# --lr_find_regression plain to the lr-find cell; without it STS-B now trains at 2e-5 without a test)
+# --lr_find_regression plain to the lr-find cell; without it STS-B now trains at the fallback without a test; those
+# runs, and MRPC's, fell back at 2e-5, the fallback until stop 42: add --lr_find_fallback 2e-5 to rerun them as made)
+# The held-out check of the fallback moved to 5e-5 in stop 43 (RTE: a flat curve on MiniLM), made after the move:
+#   TASKS=rte CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 declare -A CELL=(

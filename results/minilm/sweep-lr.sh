@@ -7,11 +7,13 @@
 #                    scan at that base LR suggests.
 # uniform-5x-freeze: embeddings and blocks 1-3 frozen, 1e-4 everywhere.
 # lr-find:           issue 26's finder as the recipes run it with no --lr_find_* option: the centred valley capped
-#                    at the centred minimum's LR / 3, 33 steps over 1e-6..1e-2, a flat curve trains at 2e-5.
+#                    at the centred minimum's LR / 3, 33 steps over 1e-6..1e-2, a flat curve trains at the fallback.
 #                    Run it as   CELLS=lr-find SEEDS=1-3 bash results/minilm/sweep-lr.sh
-#                    Its STS-B runs were made before --lr_find_regression (stop 42): they ran the test on the plain
-#                    MSE, which is now --lr_find_regression plain; today the same command trains STS-B at 2e-5
-#                    without a test (the default), i.e. the baseline cell's run.
+#                    Its runs were made with the fallback at 2e-5 (until stop 42; 5e-5 since stop 43: add
+#                    --lr_find_fallback 2e-5 to the cell to remake them); today a run that falls back is the
+#                    uniform-2.5x cell's run. Its STS-B runs were made before --lr_find_regression (stop 42): they ran
+#                    the test on the plain MSE, which is now --lr_find_regression plain; today the same command trains
+#                    STS-B at the fallback without a test (the default), i.e. the uniform-2.5x cell's run.
 # The range test of lr-auto and lr-auto-top3: 40 steps from 1e-6 to 1e-1 (7.8 per decade; the library's default is
 # 100 steps from 1e-7 to 1), to keep its cost near a tenth of a 3-epoch run on these small tasks.
 # A curve without a usable valley (RTE: the loss stays at ln 2 until it diverges) trains at the study's 2e-5, what
