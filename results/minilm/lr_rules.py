@@ -312,7 +312,8 @@ def _grid_run(folder: str, task: str, seed: int, lr: float) -> dict | None:
 def finder_run(folder: str, task: str, seed: int, cell: str, fallback_lr: float) -> dict | None:
     """One finder row's run for (task, seed) (``finder_rows``), or None when a run it needs is missing. A
     ``TRAINED_CELL`` run that fell back at another LR than ``fallback_lr`` is scored by the seed's grid run at
-    ``fallback_lr`` (``stand_in``: that cell), keeping its range test's time."""
+    ``fallback_lr`` (``stand_in``: that cell), keeping its own range test's and training's times (the same steps at
+    another LR: the cost ratio stays within one run, on one load)."""
     if cell == NO_TEST:
         r = _grid_run(folder, task, seed, fallback_lr)
         return None if r is None else {**_finder_run(r), "stand_in": None}
@@ -325,7 +326,7 @@ def finder_run(folder: str, task: str, seed: int, cell: str, fallback_lr: float)
         if g is None:
             return None
         at = _finder_run(g)
-        run.update(lr=fallback_lr, score=at["score"], train_s=at["train_s"], stand_in=GRID_CELL[fallback_lr])
+        run.update(lr=fallback_lr, score=at["score"], stand_in=GRID_CELL[fallback_lr])
     return run
 
 
@@ -598,7 +599,7 @@ def _pick(r: dict) -> str:
 
 STAND_IN_NOTE = (f"`fallback*`: a run that fell back to {_lr(FALLBACK_AS_RUN)} (the fallback until stop 42), scored "
                  "by the same seed's grid run at the current fallback, which is what the default trains now, bit for "
-                 "bit (the range test's time is kept)")
+                 "bit (the cost: the run's own test over its own training time)")
 
 
 def _trained_lines(tr: dict) -> list[str]:
