@@ -277,6 +277,13 @@ def test_depths_pairs_seeds_within_a_model_over_all_four_tasks(tmp_path):
     md = depths.markdown(tables)
     assert "| top3x5 | e5-small | 11 | 2 | 56.00 | +6.00 [-19.41, +31.41] (n=2) | — | 1.00 |" in md
     assert "| llrd-0.8 | MiniLM-L6 | 0 | 0 | — | — | — | — |" in md
+    # per task: every seed with a run of that task counts (RTE: seeds 1-2; CoLA: 1-3), paired within the model
+    per_task = tables["e5-small"]["per_task"]
+    assert per_task["rte"]["top3x5"]["seeds"] == 2 and per_task["cola"]["top3x5"]["seeds"] == 3
+    assert per_task["cola"]["top3x5"]["vs"]["baseline"]["mean"] == pytest.approx(0.04)  # (0.04 + 0.08 + 0) / 3
+    assert "| rte | top3x5 | — | — | — | — | 2 | 56.00 | +6.00 [-19.41, +31.41] (n=2) | — |" in md
+    assert "| rte | baseline | 1 | 60.00 | — | — | 3 | 50.00 | — | — |" in md
+    assert "| cola | llrd-0.8 |" not in md  # no run of it in either model
 
     # a run of another model in a folder: refused with the folder and both numbers
     run("results/me5-small", "cola", "llrd-0.8", 1, 0.5, 6)
@@ -285,13 +292,18 @@ def test_depths_pairs_seeds_within_a_model_over_all_four_tasks(tmp_path):
 
 
 def test_readme_depths_table_is_the_generated_one():
-    """README.md's "6 blocks vs 12 blocks" table (issue 27) is copied from results/me5-small/depths.md."""
+    """README.md's "6 blocks vs 12 blocks" tables (issue 27: four-task, per task) are copied from
+    results/me5-small/depths.md."""
     with open(os.path.join(ROOT, "README.md")) as f:
         block = re.search(r"<!-- depths-table -->\n(.*?)<!-- /depths-table -->", f.read(), re.S)
     assert block, "README.md has no <!-- depths-table --> ... <!-- /depths-table --> block"
-    table = block.group(1).strip().splitlines()
     with open(os.path.join(ROOT, "results", "me5-small", "depths.md")) as f:
         generated = f.read().splitlines()
-    assert len(table) >= 3 and table[0].startswith("| cell | model |")
-    missing = [line for line in table if line not in generated]
-    assert not missing, f"README.md's depths table is not in results/me5-small/depths.md (copy it again): {missing}"
+    with open(os.path.join(ROOT, "README.md")) as f:
+        per_task = re.search(r"<!-- depths-task-table -->\n(.*?)<!-- /depths-task-table -->", f.read(), re.S)
+    assert per_task, "README.md has no <!-- depths-task-table --> ... <!-- /depths-task-table --> block"
+    for table, header in ((block.group(1).strip().splitlines(), "| cell | model |"),
+                          (per_task.group(1).strip().splitlines(), "| task | cell |")):
+        assert len(table) >= 3 and table[0].startswith(header)
+        missing = [line for line in table if line not in generated]
+        assert not missing, f"README.md's depths table is not in results/me5-small/depths.md (copy it again): {missing}"

@@ -13,6 +13,9 @@ table sets their numbers side by side and does not pair them.
 What "top 3" and "frozen" mean at each depth: at 6 blocks, top 3 is half the encoder and ``top3x5-freeze`` freezes
 the other half (embeddings + blocks 1-3); at 12 blocks top 3 is a quarter, ``top3x5-freeze`` freezes embeddings +
 blocks 1-6 and ``top3x5-freeze25`` embeddings + blocks 1-3. Cells a model has no run of show ``—``.
+
+"Per task" sets the same comparisons per task side by side (the main metric x100, mean over the cell's seeds, its
+seed-paired differences on that task): what a partial sweep already shows before any seed has all four tasks.
 """
 
 from __future__ import annotations
@@ -77,8 +80,25 @@ def model_table(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def task_table(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per task and cell of CELLS with a run: seeds (with a score), mean score, seed-paired diffs to REFERENCES."""
+    scores: dict[str, dict[str, dict[int, float]]] = {}
+    for r in rows:
+        if r["value"] is not None:
+            scores.setdefault(r["task"], {}).setdefault(r["cell"], {})[r["seed"]] = r["value"]
+    return {task: {cell: {"seeds": len(by_seed[cell]), "mean": statistics.mean(by_seed[cell].values()),
+                          "vs": {ref: None if cell == ref else paired_difference(by_seed[cell], by_seed.get(ref, {}))
+                                 for ref in REFERENCES}}
+                   for cell in CELLS if cell in by_seed}
+            for task, by_seed in scores.items()}
+
+
 def evaluate(root: str = ROOT) -> dict[str, dict]:
-    return {name: model_table(model_rows(os.path.join(root, folder), blocks)) for name, folder, blocks in MODELS}
+    out = {}
+    for name, folder, blocks in MODELS:
+        rows = model_rows(os.path.join(root, folder), blocks)
+        out[name] = {**model_table(rows), "per_task": task_table(rows)}
+    return out
 
 
 def markdown(tables: dict[str, dict]) -> str:
@@ -100,6 +120,22 @@ def markdown(tables: dict[str, dict]) -> str:
                          + ("—" if math.isnan(c["average"]) else f"{100 * c['average']:.2f}") + " | "
                          + " | ".join(_diff_text(c["vs"][ref]) for ref in REFERENCES)
                          + f" | {_ratio_text(c['time_ratio'])} |")
+    lines += ["", "## Per task", "",
+              "Main metric x100 (CoLA MCC, MRPC F1, RTE accuracy, STS-B Spearman): per model the seeds with a run "
+              "(`n`), their mean and the seed-paired differences on that task (95% t intervals). Rows where neither "
+              "model has a run are left out.", "",
+              "| task | cell | " + " | ".join(f"{name} n | {name} mean | {name} vs baseline | {name} vs uniform-5x"
+                                            for name in tables) + " |",
+              "|---|---|" + "---:|---:|---|---|" * len(tables)]
+    for task in TASKS:
+        for cell in CELLS:
+            cells = [tables[name]["per_task"].get(task, {}).get(cell) for name in tables]
+            if not any(cells):
+                continue
+            lines.append(f"| {task} | {cell} | " + " | ".join(
+                "— | — | — | —" if c is None else
+                f"{c['seeds']} | {100 * c['mean']:.2f} | " + " | ".join(_diff_text(c["vs"][ref]) for ref in REFERENCES)
+                for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
