@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     task = get_task(args.data.task_name)
     check_environment(args, cuda=torch.cuda.is_available() and not args.train.cpu)
     checkpoint, settings, seen = open_output_dir(args, kind="accelerate")  # not another run's; checkpoint checked
+    files = run_files(args, "accelerate")  # what this run writes: listed before `auto` turns into the LR it picks
     config = model_config(args)  # folder, positions, head size: before any weights are read
 
     # -- data ----------------------------------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                    loss_class_weights(args, raw), settings, checkpoint,  # prepared; LR range test if asked for
                    label_offset=label_mean_offset(args, raw["train"]["label"]))
     # from here on the folder is this run's; a run it replaces comes back if this one fails before a checkpoint
-    with claim_output_dir(args.train.output_dir, run_files(args, "accelerate"), seen,
+    with claim_output_dir(args.train.output_dir, files, seen,
                           overwrite=args.train.overwrite_output_dir, resume=checkpoint is not None,
                           program="recipes/glue.py", is_main_process=accelerator.is_main_process) as folder:
         open_logs(run)

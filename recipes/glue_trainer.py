@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError("--early_stopping_patience in the Trainer recipe keeps the best model through a checkpoint "
                          "after every evaluation (every epoch): use --checkpointing_steps epoch or leave it unset")
     checkpoint, settings, seen = open_output_dir(args, kind="trainer")
+    files = run_files(args, "trainer")  # what this run writes: listed before `auto` turns into the LR it picks
     config = model_config(args)
 
     # -- data and model ------------------------------------------------------------------------------------------------
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_epoch = max(1, math.ceil(batches / train.gradient_accumulation_steps))
     warn_idle_checkpointing(args, train.max_train_steps or math.ceil(train.num_train_epochs * per_epoch))
     # every input checked: the folder is this run's; a run it replaces comes back if this one fails before a checkpoint
-    with claim_output_dir(train.output_dir, run_files(args, "trainer"), seen, overwrite=train.overwrite_output_dir,
+    with claim_output_dir(train.output_dir, files, seen, overwrite=train.overwrite_output_dir,
                           resume=checkpoint is not None, program="recipes/glue_trainer.py",
                           is_main_process=trainer.is_world_process_zero()) as folder:
         if lr_choice is not None and trainer.is_world_process_zero():

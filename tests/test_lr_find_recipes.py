@@ -126,6 +126,13 @@ def test_fallback_when_the_curve_has_no_valley(setup, tmp_path):
     assert len(warned) == 1 and "no range test" in warned[0] and "training at 5e-05" in warned[0], runs[3].stderr
     a, b = _weights(skipped), _weights(fixed_default)
     assert all(torch.equal(a[k], b[k]) for k in a), "the regression default is not the run at the fallback LR"
+    # the manifest lists what --learning_rate auto wrote (listed before `auto` became a number): a run killed after
+    # the range test, or a finished one, can be run again over it instead of being refused as someone else's files
+    for out in (auto, default, skipped):
+        assert {"lr_find.json", "results.json"} <= set(json.loads((out / MANIFEST).read_text())["names"])
+    launch("glue.py", _args(setup, skipped, learning_rate="auto", save_model="True", lr_find_steps=None,
+                            overwrite_output_dir="True"))
+    assert json.loads((skipped / "results.json").read_text())["lr_find"] == none
 
 
 def test_trainer_recipe_auto(setup, tmp_path):
@@ -151,6 +158,8 @@ def test_trainer_recipe_auto(setup, tmp_path):
         else:
             assert not warned and r["lr_find"]["fallback"], run.stderr
     assert without["valley"]  # the plain curve's mean-fitting descent
+    for folder in (out, plain):  # what the range test wrote is this run's (listed in the manifest)
+        assert {"lr_find.json", "lr_find.png"} <= set(json.loads((folder / MANIFEST).read_text())["names"])
 
 
 def test_lr_find_script_two_processes_and_describe(setup, tmp_path):
