@@ -169,6 +169,13 @@ def test_a_run_that_fell_back_at_2e5_is_scored_by_the_grid_run_at_the_current_fa
     (check,) = [c for c in lr_rules.held_out(str(study)) if c["folder"] == "../me5-small"]
     assert list(check["tasks"]) == ["mrpc"]
 
+    # runs made after the move fell back at 5e-5 as they ran: there is no run "as run until stop 42" to show
+    (held / "mrpc" / "lr-find" / "seed1" / "results.json").unlink()
+    (held / "mrpc" / "lr-find" / "seed1").rmdir()
+    _write_run(held, "mrpc", "lr-find", 1, None, 86.0, {**fell_back, "learning_rate": 5e-5})
+    (check,) = [c for c in lr_rules.held_out(str(study)) if c["folder"] == "../me5-small"]
+    assert list(check["tasks"]) == ["mrpc"] and check["tasks"]["mrpc"]["runs"]["1"]["stand_in"] is None
+
 
 def test_the_fallback_is_the_grid_lr_with_the_best_four_task_average():
     """lr_rules.fallback_lrs on a made-up grid picks the LR with the highest mean four-task difference to each task's

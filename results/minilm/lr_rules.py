@@ -466,8 +466,11 @@ def held_out(out: str) -> list[dict]:
                     if run is not None:
                         runs[seed] = run
                 if (not complete and not runs) or (i and cell == TRAINED_CELL and task not in REGRESSION_TASKS
-                                                  and not any(r["fallback"] for r in runs.values())):
-                    continue  # (a row as run until stop 42 is shown where a run fell back: else it is the default's)
+                                                  and not any(r["fallback"] and r["stand_in"] is None
+                                                              for r in runs.values())):
+                    # a row as run until stop 42 is shown where a run fell back at 2e-5 as it ran: else it is the
+                    # default's row (no fallback), or runs made after the move (it would be a row never run)
+                    continue
                 for seed, run in runs.items():
                     run["diff"] = run["score"] - grid[seed][best] if seed in complete else None
                     run["collapsed"] = (run["score"] < grid[seed][low] - COLLAPSE_POINTS
