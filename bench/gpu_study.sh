@@ -82,7 +82,7 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "acc
   # the sweeps in a process group of their own; at the deadline SIGTERM to that group: each sweep stops its running
   # cells, records them as interrupted and exits (waited for, so that what is copied below is final)
   setsid bash -c '
-    TASKS=mrpc,stsb CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
+    TASKS=mrpc,stsb,rte CELLS=baseline,uniform-2.5x,uniform-5x,lr-find bash results/me5-small/sweep.sh
     bash results/me5-small/sweep.sh' &
   local group=$! deadline
   deadline=$(( $(date +%s) + $(awk -v m="$minutes" 'BEGIN { printf "%d", m * 60 }') ))
