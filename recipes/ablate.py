@@ -570,9 +570,9 @@ def time_ratio(runs: dict[int, dict], base_runs: dict[int, dict]) -> tuple[float
     return (statistics.median(ratios) if ratios else math.nan), len(ratios), len(pairs)
 
 
-def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
+def summarize(rows: list[dict], compare_to: tuple[str, ...] = (), baseline: str = BASELINE) -> list[dict]:
     """Per (task, cell): n, mean, std, median, max, failed runs, median train time and its seed-paired ratio to
-    baseline, the paired difference to baseline, and (``vs``) the paired differences to each cell of
+    the ``baseline`` cell, the paired difference to it, and (``vs``) the paired differences to each cell of
     ``compare_to`` (e.g. a uniform-LR control)."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for r in rows:
@@ -583,10 +583,10 @@ def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
     out = []
     for (task, cell), runs in sorted(groups.items()):
         values = scores(runs)
-        base = scores(groups.get((task, BASELINE), {}))
+        base = scores(groups.get((task, baseline), {}))
         v = list(values.values()) or [math.nan]
         times = [r["train_time_s"] for r in runs.values() if r["train_time_s"] is not None]
-        ratio, comparable, pairs = time_ratio(runs, groups.get((task, BASELINE), {}))
+        ratio, comparable, pairs = time_ratio(runs, groups.get((task, baseline), {}))
         out.append({
             "task": task, "cell": cell, "metric": next(iter(runs.values()))["metric"], "n": len(values),
             "mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
@@ -594,7 +594,7 @@ def summarize(rows: list[dict], compare_to: tuple[str, ...] = ()) -> list[dict]:
             "train_time_s": statistics.median(times) if times else math.nan,  # robust to a run slowed by others
             "time_ratio": ratio, "time_pairs": (comparable, pairs),
             "shared_load": sum(bool(r["shared_load"]) for r in runs.values()),
-            "diff": None if cell == BASELINE else paired_difference(values, base),
+            "diff": None if cell == baseline else paired_difference(values, base),
             "vs": {ref: None if cell == ref else paired_difference(values, scores(groups.get((task, ref), {})))
                    for ref in compare_to},
         })
@@ -632,10 +632,10 @@ def seed_averages(rows: list[dict]) -> dict[str, dict[int, float]]:
             for cell, seeds in _complete_seeds(rows).items()}
 
 
-def all_tasks_time_ratio(summary: list[dict], cell: str) -> float:
+def all_tasks_time_ratio(summary: list[dict], cell: str, baseline: str = BASELINE) -> float:
     """The cell's train time for all tasks as a fraction of the baseline's: its per-task seed-paired ratios,
     weighted by the baseline's median train time on each task (nan if a task lacks either)."""
-    base = {s["task"]: s["train_time_s"] for s in summary if s["cell"] == BASELINE}
+    base = {s["task"]: s["train_time_s"] for s in summary if s["cell"] == baseline}
     ratio = {s["task"]: s["time_ratio"] for s in summary if s["cell"] == cell}
     if not base or set(ratio) != set(base):
         return math.nan
@@ -689,7 +689,7 @@ def _replacing(path: str) -> Iterator[str]:
 
 
 def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to: tuple[str, ...] = (),
-                   crashed: list[str] = ()) -> None:
+                   crashed: list[str] = (), baseline: str = BASELINE) -> None:
     tasks = sorted({s["task"] for s in summary})
     vs_header = "".join(f" diff to {ref} [95% CI] |" for ref in compare_to)
     lines = ["# Layer-wise LR ablation summary", "",
@@ -705,14 +705,15 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
              "runs without that record, started within 12 hours of each other; neither sharing the CPU), with "
              "\"(k of n)\" when only k of the n pairs qualify, and — when none does."
              + (f" `diff to X` columns pair seeds with cell X the same way (here: {', '.join(compare_to)})."
-                if compare_to else ""), ""]
+                if compare_to else "")
+             + (f" The baseline of this folder is the cell `{baseline}`." if baseline != BASELINE else ""), ""]
     for task in tasks:
         stats = [s for s in summary if s["task"] == task]
         lines += [f"## {task} ({stats[0]['metric']})", "",
-                  f"| cell | seeds | mean ± std | median | max | failed | diff to baseline [95% CI] |{vs_header} "
-                  "train time | time vs baseline |",
+                  f"| cell | seeds | mean ± std | median | max | failed | diff to {baseline} [95% CI] |{vs_header} "
+                  f"train time | time vs {baseline} |",
                   "|---|---:|---:|---:|---:|---:|---|" + "---|" * len(compare_to) + "---:|---:|"]
-        for s in sorted(stats, key=lambda s: (s["cell"] != BASELINE, s["cell"])):
+        for s in sorted(stats, key=lambda s: (s["cell"] != baseline, s["cell"])):
             lines.append(f"| {s['cell']} | {s['n']} | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | "
                          f"{100 * s['median']:.2f} | {100 * s['max']:.2f} | {s['failed']} | {_diff_text(s['diff'])} | "
                          + "".join(f"{_diff_text(s['vs'].get(ref))} | " for ref in compare_to) +
@@ -733,22 +734,22 @@ def write_markdown(summary: list[dict], rows: list[dict], path: str, compare_to:
                   "baseline` weighted by the baseline's median train time per task (the time for all tasks, as a "
                   "fraction of the baseline's, from per-task ratios that are robust to one slowed run; — when a "
                   "task has no comparable pair).", "",
-                  f"| cell | {header} | average | seeds with every task | average diff to baseline [95% CI] "
-                  f"|{vs_header} train time, all tasks | time vs baseline |",
+                  f"| cell | {header} | average | seeds with every task | average diff to {baseline} [95% CI] "
+                  f"|{vs_header} train time, all tasks | time vs {baseline} |",
                   "|---|" + "---:|" * (len(tasks) + 2) + "---|" * (1 + len(compare_to)) + "---:|---:|"]
         means = {(s["task"], s["cell"]): s["mean"] for s in summary}
         times = {(s["task"], s["cell"]): s["train_time_s"] for s in summary}
         shared = {(s["task"], s["cell"]): s["shared_load"] for s in summary}
-        for cell in sorted(avg, key=lambda c: (c != BASELINE, c)):
+        for cell in sorted(avg, key=lambda c: (c != baseline, c)):
             cols = " | ".join(f"{100 * means[(t, cell)]:.2f}" for t in tasks)
             mine = per_seed.get(cell, {})
-            diff = None if cell == BASELINE else paired_difference(mine, per_seed.get(BASELINE, {}))
+            diff = None if cell == baseline else paired_difference(mine, per_seed.get(baseline, {}))
             total = sum(times[(t, cell)] for t in tasks)  # the sum of each task's median train time
             vs = "".join(f"{_diff_text(None if cell == ref else paired_difference(mine, per_seed.get(ref, {})))} | "
                          for ref in compare_to)
             lines.append(f"| {cell} | {cols} | {100 * avg[cell]:.2f} | {len(mine)} | {_diff_text(diff)} | {vs}"
                          f"{_time_text(total, sum(shared[(t, cell)] for t in tasks))} | "
-                         f"{_ratio_text(all_tasks_time_ratio(summary, cell))} |")
+                         f"{_ratio_text(all_tasks_time_ratio(summary, cell, baseline))} |")
         lines.append("")
     lines += lr_find_lines(rows)
     if crashed:
@@ -765,7 +766,7 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer.writerows(rows)
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(rows: list[dict], path: str, baseline: str = BASELINE) -> None:
     """Per task (and for the per-seed GLUE-style average): every seed's score per cell, with mean ± std."""
     import matplotlib
 
@@ -785,15 +786,15 @@ def plot(rows: list[dict], path: str) -> None:
         panels.append(("average (seeds with every task)", averages))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, (title, values) in zip(axes[0], panels):
-        cells = sorted(values, key=lambda c: (c != BASELINE, c))
+        cells = sorted(values, key=lambda c: (c != baseline, c))
         for x, cell in enumerate(cells):
             v = values[cell]
             jitter = [x + 0.08 * (i - (len(v) - 1) / 2) for i in range(len(v))]
-            ax.scatter(jitter, v, s=18, alpha=0.7, color="tab:red" if cell == BASELINE else "tab:blue")
+            ax.scatter(jitter, v, s=18, alpha=0.7, color="tab:red" if cell == baseline else "tab:blue")
             ax.errorbar(x + 0.3, statistics.mean(v), yerr=statistics.stdev(v) if len(v) > 1 else 0.0, fmt="D",
                         color="black", markersize=5, capsize=3)
-            if cell == BASELINE:
-                ax.axhline(statistics.mean(v), color="tab:red", linestyle="--", linewidth=1, label="baseline mean")
+            if cell == baseline:
+                ax.axhline(statistics.mean(v), color="tab:red", linestyle="--", linewidth=1, label=f"{baseline} mean")
         ax.set_xticks(range(len(cells)))
         ax.set_xticklabels(cells, rotation=35, ha="right", fontsize=8)
         ax.set_title(title)
@@ -805,8 +806,10 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = ()) -> tuple[list[dict], list[dict]]:
-    """summary.csv and summary.md of the runs under `out`, written into `dest`; returns (rows, summary)."""
+def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = (),
+                 baseline: str = BASELINE) -> tuple[list[dict], list[dict]]:
+    """summary.csv and summary.md of the runs under `out`, written into `dest`, with differences and time ratios
+    seed-paired to the cell `baseline`; returns (rows, summary)."""
     if not os.path.isdir(out):
         raise UsageError(f"{out}: no such folder (pass the --out folder of a sweep)")
     damaged: list[str] = []
@@ -818,18 +821,23 @@ def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = ()) -> tuple
     if unknown:
         raise UsageError(f"--compare_to {', '.join(unknown)}: no such cell under {out}; "
                          f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
-    summary = summarize(rows, compare_to)
+    if baseline != BASELINE and baseline not in {r["cell"] for r in rows}:
+        raise UsageError(f"--baseline {baseline}: no such cell under {out}; "
+                         f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
+    if baseline in compare_to:
+        raise UsageError(f"--compare_to {baseline} is the --baseline cell already: drop one of them")
+    summary = summarize(rows, compare_to, baseline)
     write_csv(rows, os.path.join(dest, "summary.csv"))
     crashed = sorted(crashed_cells(out) + damaged)
     for run in damaged:
         print(f"warning: {run}: left out of the report", file=sys.stderr)
-    write_markdown(summary, rows, os.path.join(dest, "summary.md"), compare_to, crashed)
+    write_markdown(summary, rows, os.path.join(dest, "summary.md"), compare_to, crashed, baseline)
     return rows, summary
 
 
-def report(out: str, compare_to: tuple[str, ...] = ()) -> list[dict]:
-    rows, summary = write_tables(out, out, compare_to)
-    plot(rows, os.path.join(out, "summary.png"))
+def report(out: str, compare_to: tuple[str, ...] = (), baseline: str = BASELINE) -> list[dict]:
+    rows, summary = write_tables(out, out, compare_to, baseline)
+    plot(rows, os.path.join(out, "summary.png"), baseline)
     print(f"{len(rows)} runs -> {out}/summary.csv, summary.md, summary.png")
     return summary
 
@@ -862,11 +870,13 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("out")
     rep.add_argument("--compare_to", action="append", default=[],
                      help="also give seed-paired differences to this cell (repeatable), e.g. a uniform-LR control")
+    rep.add_argument("--baseline", default=BASELINE,
+                     help=f"the cell every difference and time ratio is paired with (default: {BASELINE})")
     args, unknown = parser.parse_known_args(argv)
     if args.command == "report":
         if unknown or forwarded:
             parser.error(f"unrecognized arguments: {unknown + forwarded}")
-        report(args.out, tuple(args.compare_to))
+        report(args.out, tuple(args.compare_to), args.baseline)
         return 0
     return sweep(args, unknown + forwarded)
 

@@ -226,6 +226,27 @@ def test_paired_differences_to_a_control_cell(tmp_path):
         ablate.report(str(tmp_path), compare_to=("uniform-1x",))
 
 
+def test_another_cell_can_be_the_baseline(tmp_path):
+    # a LoRA study has no `baseline` cell: its reference is plain LoRA (`--baseline lora`)
+    for seed, (lora, top, seconds) in enumerate(((0.60, 0.63, 30.0), (0.62, 0.66, 45.0), (0.58, 0.59, 60.0)), 1):
+        _fake_run(tmp_path, "mrpc", "lora", seed, lora, 0.5)
+        _fake_run(tmp_path, "mrpc", "lora-top3x5", seed, top, 0.5, seconds=seconds)
+    summary = {s["cell"]: s for s in ablate.report(str(tmp_path), baseline="lora")}
+    assert summary["lora"]["diff"] is None and summary["lora"]["time_ratio"] == 1.0
+    d = summary["lora-top3x5"]["diff"]  # 0.03, 0.04, 0.01 as in the control test above
+    assert (d["mean"], d["n"]) == pytest.approx((0.026667, 3), rel=1e-4)
+    assert summary["lora-top3x5"]["time_ratio"] == pytest.approx(0.75)  # median of 0.5, 0.75, 1.0
+    md = (tmp_path / "summary.md").read_text()
+    assert "| diff to lora [95% CI] | train time | time vs lora |" in md
+    assert "The baseline of this folder is the cell `lora`." in md
+    assert "| lora-top3x5 | 3 | 62.67 ± 3.51 | 63.00 | 66.00 | 0 | +2.67 [-1.13, +6.46] (n=3) | 0m45s | 0.75 |" in md
+    assert "| lora | 60.00 | 60.00 | 3 | — | 1m00s | 1.00 |" in md  # the average table, baseline row first
+    with pytest.raises(ablate.UsageError, match="--baseline lora-x: no such cell.*lora, lora-top3x5"):
+        ablate.report(str(tmp_path), baseline="lora-x")
+    with pytest.raises(ablate.UsageError, match="--compare_to lora is the --baseline cell already"):
+        ablate.report(str(tmp_path), compare_to=("lora",), baseline="lora")
+
+
 def test_lr_range_tests_table(tmp_path):
     def found(lr, time_s, top=None, fallback=False):
         tests = [{"kind": "lr"}] + ([{"kind": "multiplier"}] if top is not None else [])
