@@ -15,9 +15,9 @@ import ablate  # noqa: E402
 STUDY = os.path.join(ROOT, "results", "minilm")
 
 
-# every committed study folder and the cell its sweep compares to (its `ablate.py report ... --compare_to`)
-STUDIES = {"minilm": ("uniform-5x",), "minilm-sst2": ("uniform-5x",), "me5-small": ("uniform-5x",),
-           "smollm2": ("lora",)}
+# every committed study folder: its sweep's `ablate.py report` options (--compare_to cells, --baseline cell)
+STUDIES = {"minilm": (("uniform-5x",), "baseline"), "minilm-sst2": (("uniform-5x",), "baseline"),
+           "me5-small": (("uniform-5x",), "baseline"), "smollm2": ((), "lora")}
 
 
 def test_every_study_folder_with_runs_is_checked():
@@ -31,7 +31,8 @@ def test_committed_summary_is_recomputed_from_the_committed_runs(name, tmp_path)
     study = os.path.join(ROOT, "results", name)
     if not os.path.isfile(os.path.join(study, "summary.md")):
         pytest.skip(f"results/{name} has no runs committed yet")
-    rows, _ = ablate.write_tables(study, str(tmp_path), STUDIES[name])
+    compare_to, baseline = STUDIES[name]
+    rows, _ = ablate.write_tables(study, str(tmp_path), compare_to, baseline)
     assert rows
     if name == "minilm":
         assert {r["cell"] for r in rows} >= {"baseline", "uniform-5x", "top3x5", "top3x5-freeze"}
@@ -39,20 +40,22 @@ def test_committed_summary_is_recomputed_from_the_committed_runs(name, tmp_path)
         with open(os.path.join(study, table)) as committed:
             assert (tmp_path / table).read_text() == committed.read(), (
                 f"results/{name}/{table} is stale: run `python recipes/ablate.py report results/{name} "
-                f"--compare_to {' '.join(STUDIES[name])}` and commit it with the runs it summarizes")
+                + "".join(f"--compare_to {c} " for c in compare_to) + f"--baseline {baseline}` and commit it with the "
+                "runs it summarizes")
 
 
-def test_readme_study_table_is_the_committed_summary():
+@pytest.mark.parametrize("marker, name", [("study-table", "minilm"), ("smollm2-table", "smollm2")])
+def test_readme_study_table_is_the_committed_summary(marker, name):
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    block = re.search(r"<!-- study-table -->\n(.*?)<!-- /study-table -->", readme, re.S)
-    assert block, "README.md has no <!-- study-table --> ... <!-- /study-table --> block"
+    block = re.search(rf"<!-- {marker} -->\n(.*?)<!-- /{marker} -->", readme, re.S)
+    assert block, f"README.md has no <!-- {marker} --> ... <!-- /{marker} --> block"
     table = block.group(1).strip().splitlines()
-    with open(os.path.join(STUDY, "summary.md")) as f:
+    with open(os.path.join(ROOT, "results", name, "summary.md")) as f:
         summary_lines = f.read().splitlines()
-    assert len(table) >= 4 and table[0].startswith("| cell |")
+    assert len(table) >= 3 and table[0].startswith("| cell |")
     missing = [line for line in table if line not in summary_lines]
-    assert not missing, f"README.md's study table is not in results/minilm/summary.md (copy it again): {missing}"
+    assert not missing, f"README.md's {marker} is not in results/{name}/summary.md (copy it again): {missing}"
 
 
 def test_lr_rules_table_is_recomputed_from_the_committed_runs():
