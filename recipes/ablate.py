@@ -817,13 +817,13 @@ def write_tables(out: str, dest: str, compare_to: tuple[str, ...] = (),
     if not rows:
         raise UsageError(f"no runs (task/cell/seedK/results.json) under {out}"
                          + (f"; damaged: {', '.join(damaged[:4])}" if damaged else ""))
-    unknown = sorted(set(compare_to) - {r["cell"] for r in rows})
-    if unknown:
-        raise UsageError(f"--compare_to {', '.join(unknown)}: no such cell under {out}; "
-                         f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
-    if baseline != BASELINE and baseline not in {r["cell"] for r in rows}:
-        raise UsageError(f"--baseline {baseline}: no such cell under {out}; "
-                         f"the cells are {', '.join(sorted({r['cell'] for r in rows}))}")
+    cells = {r["cell"] for r in rows}
+    # a folder may lack the default `baseline` cell (its columns stay empty); a named one must exist
+    for option, unknown in (("--compare_to", sorted(set(compare_to) - cells)),
+                            ("--baseline", [baseline] if baseline != BASELINE and baseline not in cells else [])):
+        if unknown:
+            raise UsageError(f"{option} {', '.join(unknown)}: no such cell under {out}; "
+                             f"the cells are {', '.join(sorted(cells))}")
     if baseline in compare_to:
         raise UsageError(f"--compare_to {baseline} is the --baseline cell already: drop one of them")
     summary = summarize(rows, compare_to, baseline)
